@@ -1,0 +1,227 @@
+//! Starting, probing and stopping the server processes under test.
+
+use std::fmt;
+use std::fs::File;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::sys;
+
+/// How long a freshly started server may take to accept connections.
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The two servers compared by the benchmark.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServerKind {
+    /// `target/release/examples/broadcast` from this crate.
+    Wshub,
+    /// tokio + tokio-tungstenite, run from this bench binary (see baseline.rs).
+    Baseline,
+}
+
+impl ServerKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            ServerKind::Wshub => "wshub",
+            ServerKind::Baseline => "baseline",
+        }
+    }
+}
+
+impl fmt::Display for ServerKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Where the server executables are and how to pin them.
+pub struct Launcher {
+    /// The wshub broadcast example, if it is part of this run.
+    pub wshub_exe: Option<PathBuf>,
+    /// This bench binary; re-executed with `--baseline-server ADDR`.
+    pub bench_exe: PathBuf,
+    /// Prefix such as `taskset -c 0`, if pinning is possible.
+    pub pin_prefix: Option<Vec<String>>,
+    /// Directory for the servers' stderr logs.
+    pub log_dir: PathBuf,
+}
+
+/// Builds `target/release/examples/broadcast` (a no-op when it is up to date)
+/// and returns its path.
+pub fn build_wshub_example(manifest_dir: &Path) -> Result<PathBuf, String> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
+    eprintln!("building the wshub broadcast example: {cargo} build --release --example broadcast");
+    let status = Command::new(&cargo)
+        .args(["build", "--release", "--example", "broadcast"])
+        .current_dir(manifest_dir)
+        .stdin(Stdio::null())
+        .status()
+        .map_err(|e| format!("could not run `{cargo} build --release --example broadcast`: {e}"))?;
+    if !status.success() {
+        return Err(format!(
+            "`{cargo} build --release --example broadcast` failed ({status}); \
+             pass --baseline-only to benchmark only the baseline server"
+        ));
+    }
+    let exe = release_dir(manifest_dir).join("examples").join("broadcast");
+    if !exe.is_file() {
+        return Err(format!(
+            "built the broadcast example but {} does not exist",
+            exe.display()
+        ));
+    }
+    Ok(exe)
+}
+
+/// The `release` profile directory. The bench binary itself lives in
+/// `<target>/release/deps/`, which also honours CARGO_TARGET_DIR.
+fn release_dir(manifest_dir: &Path) -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.parent()?.to_path_buf()))
+        .filter(|dir| dir.file_name().is_some_and(|n| n == "release"))
+        .unwrap_or_else(|| manifest_dir.join("target").join("release"))
+}
+
+/// `taskset -c CPU` if the taskset binary exists and the machine has 2+ CPUs.
+pub fn pin_prefix(cpu: usize, cores: usize) -> Option<Vec<String>> {
+    if cores < 2 {
+        return None;
+    }
+    let ok = Command::new("taskset")
+        .args(["-c", &cpu.to_string(), "true"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    ok.then(|| vec!["taskset".to_string(), "-c".to_string(), cpu.to_string()])
+}
+
+/// A running server process. Killed (SIGKILL to its PID) when dropped.
+pub struct ServerProcess {
+    pub kind: ServerKind,
+    pub addr: SocketAddr,
+    pub log_path: PathBuf,
+    child: Child,
+}
+
+impl ServerProcess {
+    /// Starts a server on a free loopback port and waits until it accepts.
+    pub fn start(kind: ServerKind, launcher: &Launcher, tag: &str) -> Result<Self, String> {
+        let addr = free_loopback_addr()?;
+        let mut argv: Vec<String> = launcher.pin_prefix.clone().unwrap_or_default();
+        match kind {
+            ServerKind::Wshub => {
+                let exe = launcher
+                    .wshub_exe
+                    .as_ref()
+                    .ok_or("the wshub server is not part of this run")?;
+                argv.extend([exe.display().to_string(), addr.to_string()]);
+            }
+            ServerKind::Baseline => argv.extend([
+                launcher.bench_exe.display().to_string(),
+                "--baseline-server".to_string(),
+                addr.to_string(),
+            ]),
+        }
+        let log_path = launcher.log_dir.join(format!("{kind}-{tag}.log"));
+        let log = File::create(&log_path)
+            .map_err(|e| format!("cannot create server log {}: {e}", log_path.display()))?;
+        let child = Command::new(&argv[0])
+            .args(&argv[1..])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("cannot start {kind} server ({}): {e}", argv.join(" ")))?;
+        let mut server = ServerProcess {
+            kind,
+            addr,
+            log_path,
+            child,
+        };
+        server.wait_ready()?;
+        Ok(server)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Polls the port with plain TCP connects until the server accepts one.
+    fn wait_ready(&mut self) -> Result<(), String> {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        while Instant::now() < deadline {
+            self.check_alive()?;
+            if TcpStream::connect_timeout(&self.addr, Duration::from_millis(200)).is_ok() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Err(format!(
+            "{} server did not accept connections on {} within {READY_TIMEOUT:?}{}",
+            self.kind,
+            self.addr,
+            self.log_tail()
+        ))
+    }
+
+    /// Errors out (with the log's tail) if the process has exited.
+    pub fn check_alive(&mut self) -> Result<(), String> {
+        match self.child.try_wait() {
+            Ok(None) => Ok(()),
+            Ok(Some(status)) => Err(format!(
+                "{} server (pid {}) exited: {status}{}",
+                self.kind,
+                self.pid(),
+                self.log_tail()
+            )),
+            Err(e) => Err(format!("cannot query {} server status: {e}", self.kind)),
+        }
+    }
+
+    pub fn cpu_time(&self) -> Result<Duration, String> {
+        sys::process_cpu_time(self.pid())
+            .map_err(|e| format!("cannot read CPU time of {} server: {e}", self.kind))
+    }
+
+    pub fn rss_bytes(&self) -> Result<u64, String> {
+        sys::process_rss_bytes(self.pid())
+            .map_err(|e| format!("cannot read RSS of {} server: {e}", self.kind))
+    }
+
+    /// The last lines of the server's stderr, formatted for an error message.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log_path).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = &lines[lines.len().saturating_sub(15)..];
+        if tail.is_empty() {
+            format!(" (server log {} is empty)", self.log_path.display())
+        } else {
+            format!(
+                "\n--- last lines of {} ---\n{}",
+                self.log_path.display(),
+                tail.join("\n")
+            )
+        }
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        // Our own child, addressed by its PID.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A loopback port that is free right now (bound, read, released).
+fn free_loopback_addr() -> Result<SocketAddr, String> {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .map_err(|e| format!("cannot bind a probe socket on 127.0.0.1: {e}"))?;
+    listener
+        .local_addr()
+        .map_err(|e| format!("cannot read probe socket address: {e}"))
+}

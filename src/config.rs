@@ -1,0 +1,216 @@
+//! Every limit and timeout of a server, with its default.
+
+use std::time::Duration;
+
+/// What to do with a data frame that would push a connection's send queue over
+/// [`Config::max_backpressure`].
+///
+/// Control frames (pongs, close frames) are never subject to this policy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SlowConsumer {
+    /// Close the slow connection with close code **1008** (policy violation) and reason
+    /// `"slow consumer"`. Its unsent backlog is freed at once; the close frame follows any
+    /// partly written frame. A chat client closed this way reconnects and catches up from
+    /// history, instead of silently missing messages. **The default.**
+    Close,
+    /// Skip this message for this connection only, count it in
+    /// [`Stats::dropped_messages`](crate::Stats::dropped_messages) and report
+    /// [`SendError::Dropped`](crate::SendError::Dropped) to the caller. Suits feeds where
+    /// the latest value supersedes older ones (prices, positions).
+    DropMessage,
+}
+
+/// The server's settings. Build one with [`Config::default`] and the builder methods:
+///
+/// ```
+/// use std::time::Duration;
+/// use wshub::{Config, SlowConsumer};
+/// let config = Config::default()
+///     .max_connections(50_000)
+///     .max_message_size(64 * 1024)
+///     .ping_interval(Duration::from_secs(20))
+///     .slow_consumer(SlowConsumer::DropMessage);
+/// # let _ = config;
+/// ```
+///
+/// The defaults suit a chat hub on the public internet; each is stated on its method.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub(crate) max_connections: usize,
+    pub(crate) max_handshakes: usize,
+    pub(crate) max_request_bytes: usize,
+    pub(crate) max_body_bytes: usize,
+    pub(crate) max_message_size: usize,
+    pub(crate) read_buffer_size: usize,
+    pub(crate) max_backpressure: usize,
+    pub(crate) drain_watermark: usize,
+    pub(crate) slow_consumer: SlowConsumer,
+    pub(crate) handshake_timeout: Duration,
+    pub(crate) ping_interval: Duration,
+    pub(crate) pong_timeout: Duration,
+    pub(crate) close_timeout: Duration,
+    pub(crate) write_stall_timeout: Duration,
+    pub(crate) shutdown_timeout: Duration,
+    pub(crate) handle_capacity: usize,
+    pub(crate) events_capacity: usize,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            max_connections: 10_000,
+            max_handshakes: 1_024,
+            max_request_bytes: 8 * 1024,
+            max_body_bytes: 64 * 1024,
+            max_message_size: 1024 * 1024,
+            read_buffer_size: 4 * 1024,
+            max_backpressure: 256 * 1024,
+            drain_watermark: 64 * 1024,
+            slow_consumer: SlowConsumer::Close,
+            handshake_timeout: Duration::from_secs(10),
+            ping_interval: Duration::from_secs(30),
+            pong_timeout: Duration::from_secs(30),
+            close_timeout: Duration::from_secs(5),
+            write_stall_timeout: Duration::from_secs(30),
+            shutdown_timeout: Duration::from_secs(5),
+            handle_capacity: 4_096,
+            events_capacity: 1_024,
+        }
+    }
+}
+
+impl Config {
+    /// Most open WebSocket connections at once. An upgrade request beyond it gets
+    /// `503 Service Unavailable` before the upgrade; plain HTTP requests are still answered.
+    /// Default **10,000**.
+    pub fn max_connections(mut self, n: usize) -> Config {
+        self.max_connections = n;
+        self
+    }
+
+    /// Most TCP connections still sending their HTTP request at once. A connection accepted
+    /// beyond it gets `503` at once and is closed, so a flood of idle sockets cannot pin
+    /// memory. Default **1,024**.
+    pub fn max_handshakes(mut self, n: usize) -> Config {
+        self.max_handshakes = n;
+        self
+    }
+
+    /// Most bytes in an HTTP request line plus headers; beyond it the answer is
+    /// `431 Request Header Fields Too Large`. Default **8 KiB**.
+    pub fn max_request_bytes(mut self, n: usize) -> Config {
+        self.max_request_bytes = n;
+        self
+    }
+
+    /// Most bytes in a plain HTTP request body (`Content-Length`); beyond it the answer is
+    /// `413 Content Too Large`. Default **64 KiB**.
+    pub fn max_body_bytes(mut self, n: usize) -> Config {
+        self.max_body_bytes = n;
+        self
+    }
+
+    /// Largest incoming message (and frame) in bytes, after reassembly of fragments. A larger
+    /// one closes the connection with **1009** (message too big). Default **1 MiB**.
+    pub fn max_message_size(mut self, n: usize) -> Config {
+        self.max_message_size = n;
+        self
+    }
+
+    /// Initial size of the frame decoder's input buffer, allocated when a connection first
+    /// sends a frame (an idle connection has none). The server reads every socket into one
+    /// shared 64 KiB buffer and hands the bytes over, so this only needs to hold the frames
+    /// in flight; it grows for a larger frame. tungstenite's own default is 128 KiB, which
+    /// would cost 128 KiB per active connection. Default **4 KiB**.
+    pub fn read_buffer_size(mut self, n: usize) -> Config {
+        self.read_buffer_size = n;
+        self
+    }
+
+    /// Most bytes queued for one connection before [`slow_consumer`](Config::slow_consumer)
+    /// applies to a further data frame. A frame sent into an empty queue is always taken, so
+    /// the bound on a connection's queue is the larger of this and the largest frame sent.
+    /// While a connection's own queue is over this limit the server also stops reading from
+    /// it, so a client that floods requests but reads no answers cannot grow memory.
+    /// With 10,000 connections the worst case is 2.5 GiB counted, far less resident, since a
+    /// broadcast frame is shared by all queues. Default **256 KiB**.
+    pub fn max_backpressure(mut self, n: usize) -> Config {
+        self.max_backpressure = n;
+        self
+    }
+
+    /// A connection whose queue went over this many bytes and then drains back to it gets
+    /// [`Handler::on_drain`](crate::Handler::on_drain): the moment a paused producer may
+    /// resume. Default **64 KiB**.
+    pub fn drain_watermark(mut self, n: usize) -> Config {
+        self.drain_watermark = n;
+        self
+    }
+
+    /// What happens to a data frame that would exceed
+    /// [`max_backpressure`](Config::max_backpressure). Default [`SlowConsumer::Close`].
+    pub fn slow_consumer(mut self, policy: SlowConsumer) -> Config {
+        self.slow_consumer = policy;
+        self
+    }
+
+    /// Time a connection may take to send its complete HTTP request (slowloris defence).
+    /// Default **10 s**.
+    pub fn handshake_timeout(mut self, d: Duration) -> Config {
+        self.handshake_timeout = d;
+        self
+    }
+
+    /// After this long with nothing received from a connection, the server sends a ping.
+    /// 30 s keeps the connection under the common 60 s idle cut-off of proxies and load
+    /// balancers (nginx `proxy_read_timeout`, AWS ALB). Default **30 s**.
+    pub fn ping_interval(mut self, d: Duration) -> Config {
+        self.ping_interval = d;
+        self
+    }
+
+    /// After a keepalive ping, the time the peer has to send anything (a pong or any other
+    /// frame) before the server drops the connection as dead (reported as 1006, unclean).
+    /// With the default interval a dead peer is found within 60 s, as in gorilla's chat
+    /// example. Default **30 s**.
+    pub fn pong_timeout(mut self, d: Duration) -> Config {
+        self.pong_timeout = d;
+        self
+    }
+
+    /// After the server sends a close frame, the time it waits for the peer's close frame
+    /// (and, after an HTTP answer or a finished close handshake, for the peer to close TCP)
+    /// before it drops the TCP connection. Default **5 s**.
+    pub fn close_timeout(mut self, d: Duration) -> Config {
+        self.close_timeout = d;
+        self
+    }
+
+    /// A connection with bytes queued whose socket took no byte for this long is closed.
+    /// A slow reader that makes progress is never hit by this; a peer that stopped reading
+    /// entirely is. Default **30 s**.
+    pub fn write_stall_timeout(mut self, d: Duration) -> Config {
+        self.write_stall_timeout = d;
+        self
+    }
+
+    /// On [`shutdown`](crate::Handle::shutdown), the time open connections get to answer the
+    /// server's close frame (1001, going away) before `run()` returns anyway. Default **5 s**.
+    pub fn shutdown_timeout(mut self, d: Duration) -> Config {
+        self.shutdown_timeout = d;
+        self
+    }
+
+    /// Commands a [`Handle`](crate::Handle) may have queued for the server before further
+    /// ones report [`HandleError::Full`](crate::HandleError::Full). Default **4,096**.
+    pub fn handle_capacity(mut self, n: usize) -> Config {
+        self.handle_capacity = n.max(1);
+        self
+    }
+
+    /// Readiness events taken from the OS per poll. Default **1,024**.
+    pub fn events_capacity(mut self, n: usize) -> Config {
+        self.events_capacity = n.max(1);
+        self
+    }
+}

@@ -1,0 +1,59 @@
+//! What can go wrong when the application asks the server to do something.
+
+use std::fmt;
+
+/// Why a message was not queued for a connection.
+///
+/// A send never blocks and never loses a message silently: it either queued the frame, or
+/// says here why not.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SendError {
+    /// No such connection: it closed (its id is stale) or never existed.
+    Gone,
+    /// The connection is closing: no more data frames go out on it.
+    Closing,
+    /// The connection's queue is over [`Config::max_backpressure`](crate::Config::max_backpressure)
+    /// and the policy is [`SlowConsumer::DropMessage`](crate::SlowConsumer::DropMessage):
+    /// this message was skipped for this connection (and counted in
+    /// [`Stats::dropped_messages`](crate::Stats::dropped_messages)).
+    Dropped,
+    /// The connection's queue is over the limit and the policy is
+    /// [`SlowConsumer::Close`](crate::SlowConsumer::Close): this send made the server close
+    /// the connection (counted in [`Stats::slow_consumer_closes`](crate::Stats::slow_consumer_closes)).
+    SlowConsumerClosed,
+}
+
+impl fmt::Display for SendError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SendError::Gone => "no such connection (closed or stale id)",
+            SendError::Closing => "connection is closing",
+            SendError::Dropped => "message dropped: connection's send queue is full",
+            SendError::SlowConsumerClosed => "connection closed: its send queue was full",
+        })
+    }
+}
+
+impl std::error::Error for SendError {}
+
+/// Why a [`Handle`](crate::Handle) could not pass a command to the server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HandleError {
+    /// The command channel is full (see
+    /// [`Config::handle_capacity`](crate::Config::handle_capacity)); the command was not
+    /// queued. Retry later, or shed load.
+    Full,
+    /// The server has stopped (or was dropped); nothing will be delivered.
+    Stopped,
+}
+
+impl fmt::Display for HandleError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            HandleError::Full => "server command channel is full",
+            HandleError::Stopped => "server has stopped",
+        })
+    }
+}
+
+impl std::error::Error for HandleError {}

@@ -1,0 +1,105 @@
+//! [`Handle`]: the server, reachable from other threads.
+
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, Mutex};
+
+use mio::Waker;
+
+use crate::{ConnId, Frame, HandleError, Stats};
+
+/// A command from another thread.
+pub(crate) enum Command {
+    Send(ConnId, Frame),
+    Broadcast(Frame),
+    Close(ConnId, u16, String),
+    Shutdown,
+}
+
+/// Sends commands to a running server from any thread: `Clone + Send + Sync`.
+///
+/// Commands travel through a bounded channel (see
+/// [`Config::handle_capacity`](crate::Config::handle_capacity)) and wake the server's poll
+/// through a [`mio::Waker`]. A full channel reports [`HandleError::Full`] at once: a
+/// handle never blocks, and never makes the server's loop wait. Frames go through the same
+/// backpressure policy as sends from callbacks; since the caller cannot be told per
+/// recipient, refused ones are counted in [`Stats::dropped_messages`].
+///
+/// ```no_run
+/// # use wshub::{Config, Ctx, Handler, Reply, Request, Server, Frame};
+/// # struct App;
+/// # impl Handler for App { type Data = ();
+/// #   fn on_request(&mut self, _: &mut Ctx<'_, ()>, _: &Request<'_>) -> Reply<()> { Reply::accept(()) } }
+/// let mut server = Server::bind("127.0.0.1:9001", Config::default(), App)?;
+/// let handle = server.handle();
+/// std::thread::spawn(move || {
+///     let _ = handle.broadcast(Frame::text("tick"));
+///     let _ = handle.shutdown();
+/// });
+/// server.run()?;
+/// # Ok::<(), std::io::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct Handle {
+    tx: SyncSender<Command>,
+    waker: Arc<Waker>,
+    stats: Arc<Mutex<Stats>>,
+}
+
+/// The server's end of its handles.
+pub(crate) struct Inbox {
+    pub(crate) rx: Receiver<Command>,
+    pub(crate) stats: Arc<Mutex<Stats>>,
+    /// Kept so `Server::handle` can make more handles.
+    pub(crate) handle: Handle,
+}
+
+pub(crate) fn channel(capacity: usize, waker: Waker) -> Inbox {
+    let (tx, rx) = sync_channel(capacity);
+    let stats = Arc::new(Mutex::new(Stats::default()));
+    let handle = Handle {
+        tx,
+        waker: Arc::new(waker),
+        stats: Arc::clone(&stats),
+    };
+    Inbox { rx, stats, handle }
+}
+
+impl Handle {
+    /// Queues `frame` for one connection.
+    pub fn send(&self, id: ConnId, frame: Frame) -> Result<(), HandleError> {
+        self.command(Command::Send(id, frame))
+    }
+
+    /// Queues `frame` for every open connection.
+    pub fn broadcast(&self, frame: Frame) -> Result<(), HandleError> {
+        self.command(Command::Broadcast(frame))
+    }
+
+    /// Starts the close handshake with a connection, as [`Ctx::close`](crate::Ctx::close).
+    pub fn close(&self, id: ConnId, code: u16, reason: &str) -> Result<(), HandleError> {
+        self.command(Command::Close(id, code, reason.to_owned()))
+    }
+
+    /// Starts a graceful shutdown: the server stops accepting, sends close 1001 to every
+    /// connection, waits up to [`Config::shutdown_timeout`](crate::Config::shutdown_timeout)
+    /// for their replies, and then [`Server::run`](crate::Server::run) returns.
+    pub fn shutdown(&self) -> Result<(), HandleError> {
+        self.command(Command::Shutdown)
+    }
+
+    /// The server's counters as of its last loop turn.
+    pub fn stats(&self) -> Stats {
+        match self.stats.lock() {
+            Ok(stats) => *stats,
+            Err(poisoned) => *poisoned.into_inner(),
+        }
+    }
+
+    fn command(&self, command: Command) -> Result<(), HandleError> {
+        match self.tx.try_send(command) {
+            Ok(()) => self.waker.wake().map_err(|_| HandleError::Stopped),
+            Err(TrySendError::Full(_)) => Err(HandleError::Full),
+            Err(TrySendError::Disconnected(_)) => Err(HandleError::Stopped),
+        }
+    }
+}

@@ -1,0 +1,557 @@
+//! The HTTP side: parsing a request as it trickles in, checking a WebSocket upgrade against
+//! RFC 6455 §4.2.1, and encoding responses (the 101 and plain HTTP answers).
+//!
+//! One port serves pages, an API and sockets: every request reaches
+//! [`Handler::on_request`](crate::Handler::on_request), which answers it or accepts the
+//! upgrade. Answers close the TCP connection (`Connection: close`): there is no keep-alive.
+
+use std::fmt;
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+
+/// httparse needs a fixed header array; a request with more headers gets 431.
+const MAX_HEADERS: usize = 64;
+
+/// An HTTP request, as the application sees it in
+/// [`Handler::on_request`](crate::Handler::on_request). It borrows the bytes the server
+/// read; nothing is copied.
+pub struct Request<'a> {
+    method: &'a str,
+    target: &'a str,
+    minor_version: u8,
+    headers: [httparse::Header<'a>; MAX_HEADERS],
+    header_count: usize,
+    body: &'a [u8],
+    peer: Option<SocketAddr>,
+}
+
+impl<'a> Request<'a> {
+    /// The method, e.g. `"GET"`.
+    pub fn method(&self) -> &'a str {
+        self.method
+    }
+
+    /// The path without the query string, e.g. `"/ws"` for `/ws?name=ann`.
+    pub fn path(&self) -> &'a str {
+        self.target
+            .split_once('?')
+            .map_or(self.target, |(path, _)| path)
+    }
+
+    /// The query string without the `?`, if there is one. It is not percent-decoded.
+    pub fn query(&self) -> Option<&'a str> {
+        self.target.split_once('?').map(|(_, query)| query)
+    }
+
+    /// The first header of this name (case-insensitive), if its value is UTF-8.
+    pub fn header(&self, name: &str) -> Option<&'a str> {
+        self.headers()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .and_then(|(_, value)| std::str::from_utf8(value).ok())
+    }
+
+    /// All headers in the order received.
+    pub fn headers(&self) -> impl Iterator<Item = (&'a str, &'a [u8])> + '_ {
+        self.headers[..self.header_count]
+            .iter()
+            .map(|h| (h.name, h.value))
+    }
+
+    /// The body (empty for a request without `Content-Length`).
+    pub fn body(&self) -> &'a [u8] {
+        self.body
+    }
+
+    /// The peer's address, if the OS still knows it.
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        self.peer
+    }
+
+    /// Whether the client asks for a WebSocket (`Upgrade: websocket`). Whether the request
+    /// is a *valid* handshake is checked when the application accepts it.
+    pub fn is_websocket(&self) -> bool {
+        self.header_tokens("upgrade")
+            .any(|t| t.eq_ignore_ascii_case("websocket"))
+    }
+
+    /// The subprotocols the client offers in `Sec-WebSocket-Protocol`, in its order of
+    /// preference.
+    pub fn protocols(&self) -> impl Iterator<Item = &'a str> + '_ {
+        self.header_tokens("sec-websocket-protocol")
+    }
+
+    /// The `Origin` header, sent by browsers.
+    pub fn origin(&self) -> Option<&'a str> {
+        self.header("origin")
+    }
+
+    /// Refuses a browser page from another site: `Err(403)` if the request has an `Origin`
+    /// header that is not one of `allowed` (compared case-insensitively, e.g.
+    /// `"http://localhost:8080"`). A request without `Origin` (not from a browser) passes.
+    ///
+    /// ```
+    /// # use wshub::{Reply, Request};
+    /// # fn route(req: &Request<'_>) -> Reply<()> {
+    /// if let Err(refusal) = req.check_origin(&["https://chat.example"]) {
+    ///     return Reply::Respond(refusal);
+    /// }
+    /// Reply::accept(())
+    /// # }
+    /// ```
+    pub fn check_origin(&self, allowed: &[&str]) -> Result<(), Response> {
+        match self.origin() {
+            None => Ok(()),
+            Some(origin) if allowed.iter().any(|a| a.eq_ignore_ascii_case(origin)) => Ok(()),
+            Some(_) => Err(Response::text(403, "origin not allowed")),
+        }
+    }
+
+    /// Comma-separated tokens of every header of this name, trimmed.
+    fn header_tokens(&self, name: &'static str) -> impl Iterator<Item = &'a str> + '_ {
+        self.headers()
+            .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
+            .filter_map(|(_, v)| std::str::from_utf8(v).ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+    }
+}
+
+impl fmt::Debug for Request<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Request")
+            .field("method", &self.method)
+            .field("target", &self.target)
+            .field("headers", &self.header_count)
+            .field("body_len", &self.body.len())
+            .finish()
+    }
+}
+
+/// A plain HTTP answer. The server adds `Content-Length` and `Connection: close`.
+///
+/// ```
+/// use wshub::Response;
+/// let page = Response::html("<h1>hi</h1>");
+/// let missing = Response::text(404, "no such page");
+/// let api = Response::json(200, r#"{"ok":true}"#).header("Cache-Control", "no-store");
+/// # let _ = (page, missing, api);
+/// ```
+#[derive(Clone, Debug)]
+pub struct Response {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Bytes,
+}
+
+impl Response {
+    /// An empty response with this status.
+    pub fn new(status: u16) -> Response {
+        Response {
+            status,
+            headers: Vec::new(),
+            body: Bytes::new(),
+        }
+    }
+
+    /// `text/plain` with this status and body; the usual way to give a reason.
+    pub fn text(status: u16, body: impl Into<String>) -> Response {
+        Response::new(status)
+            .header("Content-Type", "text/plain; charset=utf-8")
+            .body(body.into())
+    }
+
+    /// A `200 OK` HTML page. A `&'static str` (e.g. from `include_str!`) is sent without a copy.
+    pub fn html(body: impl Into<Bytes>) -> Response {
+        Response::new(200)
+            .header("Content-Type", "text/html; charset=utf-8")
+            .body(body)
+    }
+
+    /// `application/json` with this status and body.
+    pub fn json(status: u16, body: impl Into<Bytes>) -> Response {
+        Response::new(status)
+            .header("Content-Type", "application/json")
+            .body(body)
+    }
+
+    /// Adds a header.
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Response {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    /// Sets the body.
+    pub fn body(mut self, body: impl Into<Bytes>) -> Response {
+        self.body = body.into();
+        self
+    }
+
+    /// The status code.
+    pub fn status(&self) -> u16 {
+        self.status
+    }
+
+    /// The head and the body, ready for the outbox (the body stays shared).
+    pub(crate) fn encode(&self) -> (Bytes, Bytes) {
+        let mut head = format!(
+            "HTTP/1.1 {} {}\r\n",
+            self.status,
+            reason_phrase(self.status)
+        );
+        for (name, value) in &self.headers {
+            // A header value with CR or LF would let a caller split the response; drop it.
+            if name.contains(['\r', '\n', ':']) || value.contains(['\r', '\n']) {
+                log::warn!("dropped invalid response header {name:?}");
+                continue;
+            }
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        head.push_str(&format!(
+            "Content-Length: {}\r\nConnection: close\r\n\r\n",
+            self.body.len()
+        ));
+        (Bytes::from(head), self.body.clone())
+    }
+}
+
+/// The application's decision on a request.
+#[derive(Debug)]
+pub enum Reply<D> {
+    /// Upgrade to a WebSocket with this per-connection data and, optionally, one of the
+    /// subprotocols the client offered ([`Request::protocols`]). If the request is not a
+    /// valid RFC 6455 handshake the server answers with the specific error instead (405,
+    /// 400, 426) and the data is dropped.
+    Accept {
+        /// The connection's user data, reachable through [`Ctx::data`](crate::Ctx::data).
+        data: D,
+        /// The subprotocol to confirm in `Sec-WebSocket-Protocol`.
+        protocol: Option<String>,
+    },
+    /// Answer with this response and close the connection: a page, an API answer, or a
+    /// refusal (e.g. 404, 403).
+    Respond(Response),
+}
+
+impl<D> Reply<D> {
+    /// Accept the upgrade without a subprotocol.
+    pub fn accept(data: D) -> Reply<D> {
+        Reply::Accept {
+            data,
+            protocol: None,
+        }
+    }
+}
+
+/// How far a request has arrived.
+#[derive(Debug)]
+pub(crate) enum Progress {
+    /// More bytes are needed.
+    Incomplete,
+    /// The request (head and body) is `len` bytes long; bytes after it belong to the
+    /// WebSocket stream.
+    Complete { len: usize },
+    /// The request cannot be served: answer with this and close.
+    Invalid(Response),
+}
+
+/// Limits for [`progress`].
+pub(crate) struct Limits {
+    pub(crate) max_head: usize,
+    pub(crate) max_body: usize,
+}
+
+/// Checks whether `buf` holds a whole request. `scanned` remembers how far the search for
+/// the end of the head got, so a request sent one byte at a time costs linear time.
+pub(crate) fn progress(buf: &[u8], scanned: &mut usize, limits: &Limits) -> Progress {
+    let from = scanned.saturating_sub(3);
+    let head_len = match find_head_end(&buf[from..]) {
+        Some(end) => from + end,
+        None => {
+            *scanned = buf.len();
+            if buf.len() > limits.max_head {
+                return Progress::Invalid(Response::text(431, "request header too large"));
+            }
+            return Progress::Incomplete;
+        }
+    };
+    *scanned = head_len;
+    if head_len > limits.max_head {
+        return Progress::Invalid(Response::text(431, "request header too large"));
+    }
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(&buf[..head_len]) {
+        Ok(httparse::Status::Complete(_)) => {}
+        Ok(httparse::Status::Partial) => {
+            return Progress::Invalid(Response::text(400, "malformed request: incomplete head"));
+        }
+        Err(httparse::Error::TooManyHeaders) => {
+            return Progress::Invalid(Response::text(431, "too many request headers"));
+        }
+        Err(e) => return Progress::Invalid(Response::text(400, format!("malformed request: {e}"))),
+    }
+    let body_len = match body_length(req.headers) {
+        Ok(len) => len,
+        Err(refusal) => return Progress::Invalid(refusal),
+    };
+    if body_len > limits.max_body {
+        return Progress::Invalid(Response::text(413, "request body too large"));
+    }
+    if buf.len() < head_len + body_len {
+        return Progress::Incomplete;
+    }
+    Progress::Complete {
+        len: head_len + body_len,
+    }
+}
+
+/// Parses a request that [`progress`] found complete.
+pub(crate) fn parse(buf: &[u8], peer: Option<SocketAddr>) -> Option<Request<'_>> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let (method, target, minor_version, header_count, head_len) = {
+        let mut req = httparse::Request::new(&mut headers);
+        let httparse::Status::Complete(head_len) = req.parse(buf).ok()? else {
+            return None;
+        };
+        (
+            req.method?,
+            req.path?,
+            req.version?,
+            req.headers.len(),
+            head_len,
+        )
+    };
+    Some(Request {
+        method,
+        target,
+        minor_version,
+        headers,
+        header_count,
+        body: &buf[head_len..],
+        peer,
+    })
+}
+
+fn find_head_end(buf: &[u8]) -> Option<usize> {
+    buf.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4)
+}
+
+fn body_length(headers: &[httparse::Header<'_>]) -> Result<usize, Response> {
+    let mut length = None;
+    for h in headers {
+        if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            return Err(Response::text(
+                501,
+                "chunked request bodies are not supported",
+            ));
+        }
+        if h.name.eq_ignore_ascii_case("content-length") {
+            let parsed = std::str::from_utf8(h.value)
+                .ok()
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .ok_or_else(|| Response::text(400, "invalid Content-Length"))?;
+            if length.is_some_and(|l| l != parsed) {
+                return Err(Response::text(400, "conflicting Content-Length headers"));
+            }
+            length = Some(parsed);
+        }
+    }
+    Ok(length.unwrap_or(0))
+}
+
+/// Why a request the application accepted is not a valid WebSocket handshake
+/// (RFC 6455 §4.2.1), each with its HTTP answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum HandshakeError {
+    Method,
+    HttpVersion,
+    NoUpgrade,
+    NoConnectionUpgrade,
+    Version,
+    Key,
+}
+
+impl HandshakeError {
+    pub(crate) fn response(self) -> Response {
+        let response = Response::text(self.status(), self.to_string());
+        match self {
+            HandshakeError::Method => response.header("Allow", "GET"),
+            HandshakeError::Version => response.header("Sec-WebSocket-Version", "13"),
+            _ => response,
+        }
+    }
+
+    fn status(self) -> u16 {
+        match self {
+            HandshakeError::Method => 405,
+            HandshakeError::Version => 426,
+            _ => 400,
+        }
+    }
+}
+
+impl fmt::Display for HandshakeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            HandshakeError::Method => "websocket handshake must use GET",
+            HandshakeError::HttpVersion => "websocket handshake needs HTTP/1.1",
+            HandshakeError::NoUpgrade => "missing 'Upgrade: websocket' header",
+            HandshakeError::NoConnectionUpgrade => "'Connection' header lacks the 'upgrade' token",
+            HandshakeError::Version => "unsupported Sec-WebSocket-Version: only 13 is supported",
+            HandshakeError::Key => "missing or invalid Sec-WebSocket-Key",
+        })
+    }
+}
+
+/// Checks the handshake and returns the `Sec-WebSocket-Accept` value.
+pub(crate) fn validate_upgrade(req: &Request<'_>) -> Result<String, HandshakeError> {
+    if req.method != "GET" {
+        return Err(HandshakeError::Method);
+    }
+    if req.minor_version < 1 {
+        return Err(HandshakeError::HttpVersion);
+    }
+    if !req.is_websocket() {
+        return Err(HandshakeError::NoUpgrade);
+    }
+    if !req
+        .header_tokens("connection")
+        .any(|t| t.eq_ignore_ascii_case("upgrade"))
+    {
+        return Err(HandshakeError::NoConnectionUpgrade);
+    }
+    if req.header("sec-websocket-version").map(str::trim) != Some("13") {
+        return Err(HandshakeError::Version);
+    }
+    let key = req
+        .header("sec-websocket-key")
+        .map(str::trim)
+        .ok_or(HandshakeError::Key)?;
+    if !is_base64_of_16_bytes(key) {
+        return Err(HandshakeError::Key);
+    }
+    Ok(tungstenite::handshake::derive_accept_key(key.as_bytes()))
+}
+
+/// The 101 answer.
+pub(crate) fn switching_protocols(accept_key: &str, protocol: Option<&str>) -> Bytes {
+    let mut head = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Accept: {accept_key}\r\n"
+    );
+    if let Some(p) = protocol {
+        head.push_str(&format!("Sec-WebSocket-Protocol: {p}\r\n"));
+    }
+    head.push_str("\r\n");
+    Bytes::from(head)
+}
+
+/// A 16-byte value in base64 is 22 significant characters and `==`; the last significant
+/// character carries only 2 bits, so its low 4 bits must be zero.
+fn is_base64_of_16_bytes(key: &str) -> bool {
+    fn value(c: u8) -> Option<u8> {
+        match c {
+            b'A'..=b'Z' => Some(c - b'A'),
+            b'a'..=b'z' => Some(c - b'a' + 26),
+            b'0'..=b'9' => Some(c - b'0' + 52),
+            b'+' => Some(62),
+            b'/' => Some(63),
+            _ => None,
+        }
+    }
+    let k = key.as_bytes();
+    k.len() == 24
+        && &k[22..] == b"=="
+        && k[..22].iter().all(|&c| value(c).is_some())
+        && value(k[21]).is_some_and(|v| v & 0x0F == 0)
+}
+
+fn reason_phrase(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        201 => "Created",
+        202 => "Accepted",
+        204 => "No Content",
+        301 => "Moved Permanently",
+        302 => "Found",
+        304 => "Not Modified",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        409 => "Conflict",
+        411 => "Length Required",
+        413 => "Content Too Large",
+        415 => "Unsupported Media Type",
+        426 => "Upgrade Required",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        503 => "Service Unavailable",
+        _ => "Unknown",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: Limits = Limits {
+        max_head: 8192,
+        max_body: 1024,
+    };
+
+    #[test]
+    fn key_must_be_base64_of_16_bytes() {
+        assert!(is_base64_of_16_bytes("dGhlIHNhbXBsZSBub25jZQ=="));
+        assert!(!is_base64_of_16_bytes("dGhlIHNhbXBsZSBub25jZQ="));
+        assert!(!is_base64_of_16_bytes("dGhlIHNhbXBsZSBub25jZR=="));
+        assert!(!is_base64_of_16_bytes("dGhlIHNhbXBsZSBub25j*Q=="));
+    }
+
+    #[test]
+    fn a_request_in_single_bytes_completes_once() {
+        let raw = b"POST /push HTTP/1.1\r\nContent-Length: 3\r\n\r\nabcWS";
+        let mut scanned = 0;
+        let mut done = None;
+        for end in 1..=raw.len() {
+            match progress(&raw[..end], &mut scanned, &LIMITS) {
+                Progress::Incomplete => {}
+                Progress::Complete { len } => {
+                    done = Some((end, len));
+                    break;
+                }
+                Progress::Invalid(r) => panic!("invalid: {r:?}"),
+            }
+        }
+        assert_eq!(done, Some((raw.len() - 2, raw.len() - 2)));
+        let req = parse(&raw[..raw.len() - 2], None).unwrap();
+        assert_eq!(
+            (req.method(), req.path(), req.body()),
+            ("POST", "/push", &b"abc"[..])
+        );
+    }
+
+    #[test]
+    fn limits_give_specific_statuses() {
+        let mut s = 0;
+        let huge = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(9000));
+        assert!(
+            matches!(progress(huge.as_bytes(), &mut s, &LIMITS), Progress::Invalid(r) if r.status() == 431)
+        );
+        let mut s = 0;
+        let big_body = b"POST / HTTP/1.1\r\nContent-Length: 5000\r\n\r\n";
+        assert!(
+            matches!(progress(big_body, &mut s, &LIMITS), Progress::Invalid(r) if r.status() == 413)
+        );
+        let mut s = 0;
+        assert!(
+            matches!(progress(b"GET / HTTP/1.1\r\nBad Header\r\n\r\n", &mut s, &LIMITS), Progress::Invalid(r) if r.status() == 400)
+        );
+    }
+}

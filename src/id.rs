@@ -1,0 +1,68 @@
+//! Connection ids that never point at the wrong connection.
+
+use std::fmt;
+
+/// Identifies one connection for its whole life.
+///
+/// A `ConnId` is a slot in the server's connection table plus a generation number that
+/// the server draws afresh for every accepted connection. When a connection closes its slot
+/// is reused, but the new connection gets a new generation, so an id kept by the
+/// application after its connection closed is *stale*: every operation on it reports
+/// [`SendError::Gone`](crate::SendError::Gone) instead of reaching the newcomer.
+///
+/// Ids are cheap to copy, compare and hash; use them as map keys.
+///
+/// ```
+/// # fn demo(ctx: &mut wshub::Ctx<'_, ()>, id: wshub::ConnId) {
+/// use wshub::{Frame, SendError};
+/// match ctx.send(id, &Frame::text("hello")) {
+///     Ok(()) => {}
+///     Err(SendError::Gone) => { /* closed meanwhile: forget the id */ }
+///     Err(other) => log::warn!("not sent to {id}: {other}"),
+/// }
+/// # }
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ConnId {
+    key: u32,
+    generation: u32,
+}
+
+impl ConnId {
+    pub(crate) fn new(key: usize, generation: u32) -> ConnId {
+        // The table never holds more than `Config::max_connections` + handshakes (u32 is ample);
+        // the server refuses to insert past u32::MAX.
+        ConnId {
+            key: key as u32,
+            generation,
+        }
+    }
+
+    /// The slot in the connection table.
+    pub(crate) fn key(self) -> usize {
+        self.key as usize
+    }
+
+    pub(crate) fn generation(self) -> u32 {
+        self.generation
+    }
+
+    /// The id as one number, unique among all connections this server has accepted
+    /// (until the generation counter wraps after 2³² connections). Handy for logs and wire
+    /// protocols.
+    pub fn as_u64(self) -> u64 {
+        (u64::from(self.generation) << 32) | u64::from(self.key)
+    }
+}
+
+impl fmt::Debug for ConnId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ConnId({}#{})", self.key, self.generation)
+    }
+}
+
+impl fmt::Display for ConnId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}#{}", self.key, self.generation)
+    }
+}

@@ -1,0 +1,81 @@
+//! # wshub
+//!
+//! An embeddable, single-threaded WebSocket server: one `mio` poll loop owns every socket,
+//! does the HTTP upgrade, decodes frames with `tungstenite`, queues outgoing frames per
+//! connection with backpressure, and broadcasts by walking the connection table with frames
+//! encoded once. No async runtime.
+//!
+//! You implement [`Handler`]; the server calls it from its one thread with a [`Ctx`] to
+//! send, broadcast, close and keep per-connection data. Other threads talk to the server
+//! through a [`Handle`].
+//!
+//! ```no_run
+//! use wshub::{Config, ConnId, Ctx, Frame, Handler, Message, Reply, Request, Response, Server};
+//!
+//! /// Everyone hears everything.
+//! struct Hub;
+//!
+//! impl Handler for Hub {
+//!     type Data = ();
+//!
+//!     fn on_request(&mut self, _ctx: &mut Ctx<'_, ()>, req: &Request<'_>) -> Reply<()> {
+//!         match req.path() {
+//!             "/ws" => Reply::accept(()),
+//!             "/" => Reply::Respond(Response::html("<script>new WebSocket('ws://'+location.host+'/ws')</script>")),
+//!             _ => Reply::Respond(Response::text(404, "no such page")),
+//!         }
+//!     }
+//!
+//!     fn on_message(&mut self, ctx: &mut Ctx<'_, ()>, _from: ConnId, msg: Message) {
+//!         if let Message::Text(text) = msg {
+//!             ctx.broadcast(&Frame::text(&text)); // encoded once, queued for all
+//!         }
+//!     }
+//! }
+//!
+//! fn main() -> std::io::Result<()> {
+//!     Server::bind("127.0.0.1:8080", Config::default(), Hub)?.run()
+//! }
+//! ```
+//!
+//! The modules, one concept each: `server` (the event loop), `connection` (a connection's
+//! state machine and read path), `http` (requests, the upgrade, responses), `outbox` (the
+//! per-connection queue and vectored writes), `frame` (encode-once frames), `hub` (the
+//! connection table, broadcast and backpressure policy), `context` ([`Ctx`]), `timers`,
+//! `handle` ([`Handle`]), `stats`, `config`, `id`, `error`.
+
+#![warn(missing_docs)]
+
+mod config;
+mod connection;
+mod context;
+mod error;
+mod frame;
+mod handle;
+mod handler;
+mod http;
+mod hub;
+mod id;
+mod outbox;
+mod server;
+mod stats;
+mod timers;
+
+pub use bytes::Bytes;
+pub use config::{Config, SlowConsumer};
+pub use context::Ctx;
+pub use error::{HandleError, SendError};
+pub use frame::Frame;
+pub use handle::Handle;
+pub use handler::{CloseInfo, Handler, Message};
+pub use http::{Reply, Request, Response};
+pub use hub::Delivery;
+pub use id::ConnId;
+pub use server::Server;
+pub use stats::{Rejections, Stats};
+pub use timers::TimerId;
+pub use tungstenite::Utf8Bytes;
+
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -1,0 +1,188 @@
+//! The per-connection queue of encoded frames waiting for the socket.
+//!
+//! Everything a connection sends goes through its outbox, in order: the 101 response, data
+//! frames, and the control frames tungstenite emits (pongs, close frames). Entries are whole
+//! frames (or whole HTTP responses) as shared [`Bytes`], so frames are never interleaved and
+//! a broadcast frame is queued as a reference, not a copy.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice, Write};
+
+use bytes::{Buf, Bytes};
+
+/// How many queued buffers one `write_vectored` call hands to the kernel at most.
+/// Linux accepts up to 1024 (IOV_MAX); 256 keeps the iovec array on the stack small while
+/// letting one syscall carry a whole batch of small broadcast frames.
+const MAX_IOVECS: usize = 256;
+
+/// A FIFO of encoded frames with byte accounting.
+///
+/// Invariant: `queued` is the sum of the lengths of the buffers in `frames`; every change to
+/// `frames` goes through a method here that keeps it.
+#[derive(Default, Debug)]
+pub(crate) struct Outbox {
+    frames: VecDeque<Bytes>,
+    queued: usize,
+    /// The front buffer has been partly written: it must be finished before anything else,
+    /// or the peer would see half a frame.
+    front_started: bool,
+}
+
+/// What a call to [`Outbox::write_to`] achieved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Flush {
+    /// Everything queued was written.
+    Done,
+    /// The socket is full; the rest waits for the next writable event.
+    Blocked,
+}
+
+impl Outbox {
+    /// Bytes waiting to be written.
+    pub(crate) fn queued(&self) -> usize {
+        self.queued
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.frames.is_empty()
+    }
+
+    /// Whether a data frame of `len` bytes may be queued under `limit`. An empty queue
+    /// always takes one frame, so a message larger than the limit can still be sent.
+    pub(crate) fn fits(&self, len: usize, limit: usize) -> bool {
+        self.queued == 0 || self.queued + len <= limit
+    }
+
+    pub(crate) fn push(&mut self, bytes: Bytes) {
+        if bytes.is_empty() {
+            return;
+        }
+        self.queued += bytes.len();
+        self.frames.push_back(bytes);
+    }
+
+    /// Drops every buffer not yet started (a partly written front one stays, so the stream
+    /// stays well framed) and returns how many bytes were dropped. Used when a slow
+    /// consumer is closed: its backlog will never be read, so free it now.
+    pub(crate) fn discard_unstarted(&mut self) -> usize {
+        let keep = usize::from(self.front_started);
+        let dropped: usize = self.frames.drain(keep..).map(|b| b.len()).sum();
+        self.queued -= dropped;
+        if self.frames.is_empty() {
+            // Give back the ring's memory: a closing connection won't need it again.
+            self.frames = VecDeque::new();
+        }
+        dropped
+    }
+
+    /// Writes as much as the socket takes, `MAX_IOVECS` buffers per syscall, and returns the
+    /// bytes written plus whether the queue is now empty.
+    pub(crate) fn write_to<W: Write>(&mut self, sink: &mut W) -> io::Result<(usize, Flush)> {
+        let mut written = 0;
+        while !self.frames.is_empty() {
+            let mut iov = [IoSlice::new(&[]); MAX_IOVECS];
+            let mut count = 0;
+            for (slot, buf) in iov.iter_mut().zip(self.frames.iter()) {
+                *slot = IoSlice::new(buf);
+                count += 1;
+            }
+            match sink.write_vectored(&iov[..count]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    written += n;
+                    self.advance(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    return Ok((written, Flush::Blocked));
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok((written, Flush::Done))
+    }
+
+    fn advance(&mut self, mut n: usize) {
+        self.queued -= n;
+        while n > 0 {
+            let Some(front) = self.frames.front_mut() else {
+                return;
+            };
+            if n >= front.len() {
+                n -= front.len();
+                self.frames.pop_front();
+                self.front_started = false;
+            } else {
+                front.advance(n);
+                self.front_started = true;
+                n = 0;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sink that takes at most `room` bytes per call, then blocks once.
+    struct Trickle {
+        out: Vec<u8>,
+        room: usize,
+        blocked: bool,
+    }
+
+    impl Write for Trickle {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.write_vectored(&[IoSlice::new(buf)])
+        }
+        fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+            if self.blocked {
+                self.blocked = false;
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            self.blocked = true;
+            let mut n = 0;
+            for b in bufs {
+                let take = b.len().min(self.room - n);
+                self.out.extend_from_slice(&b[..take]);
+                n += take;
+            }
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn partial_writes_resume_in_order_and_keep_accounting() {
+        let mut outbox = Outbox::default();
+        outbox.push(Bytes::from_static(b"hello "));
+        outbox.push(Bytes::from_static(b"big "));
+        outbox.push(Bytes::from_static(b"world"));
+        assert_eq!(outbox.queued(), 15);
+        let mut sink = Trickle {
+            out: Vec::new(),
+            room: 8,
+            blocked: false,
+        };
+        let (n, state) = outbox.write_to(&mut sink).unwrap();
+        assert_eq!((n, state), (8, Flush::Blocked));
+        assert_eq!(outbox.queued(), 7);
+        // The half-written "big " must survive a discard; "world" must not.
+        assert_eq!(outbox.discard_unstarted(), 5);
+        let (n, state) = outbox.write_to(&mut sink).unwrap();
+        assert_eq!((n, state), (2, Flush::Done));
+        assert_eq!(sink.out, b"hello big ");
+        assert_eq!(outbox.queued(), 0);
+    }
+
+    #[test]
+    fn an_empty_queue_takes_one_oversized_frame() {
+        let mut outbox = Outbox::default();
+        assert!(outbox.fits(1000, 10));
+        outbox.push(Bytes::from(vec![0; 1000]));
+        assert!(!outbox.fits(1, 10));
+    }
+}

@@ -1,0 +1,102 @@
+//! Counters, readable from callbacks ([`Ctx::stats`](crate::Ctx::stats)) and from other
+//! threads ([`Handle::stats`](crate::Handle::stats)).
+
+/// HTTP answers of 400 and above, by status: why requests were turned away.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Rejections {
+    /// 400: malformed request or invalid WebSocket handshake.
+    pub bad_request: u64,
+    /// 403: refused, e.g. by an origin check.
+    pub forbidden: u64,
+    /// 404: no such path.
+    pub not_found: u64,
+    /// 405: wrong method for a WebSocket upgrade.
+    pub method_not_allowed: u64,
+    /// 413: request body over [`Config::max_body_bytes`](crate::Config::max_body_bytes).
+    pub content_too_large: u64,
+    /// 426: unsupported `Sec-WebSocket-Version`.
+    pub upgrade_required: u64,
+    /// 431: request head over [`Config::max_request_bytes`](crate::Config::max_request_bytes).
+    pub header_too_large: u64,
+    /// 503: over [`Config::max_connections`](crate::Config::max_connections) or
+    /// [`Config::max_handshakes`](crate::Config::max_handshakes).
+    pub unavailable: u64,
+    /// Any other status of 400 or above.
+    pub other: u64,
+}
+
+impl Rejections {
+    pub(crate) fn count(&mut self, status: u16) {
+        let slot = match status {
+            400 => &mut self.bad_request,
+            403 => &mut self.forbidden,
+            404 => &mut self.not_found,
+            405 => &mut self.method_not_allowed,
+            413 => &mut self.content_too_large,
+            426 => &mut self.upgrade_required,
+            431 => &mut self.header_too_large,
+            503 => &mut self.unavailable,
+            _ => &mut self.other,
+        };
+        *slot += 1;
+    }
+
+    /// All rejections together.
+    pub fn total(&self) -> u64 {
+        self.bad_request
+            + self.forbidden
+            + self.not_found
+            + self.method_not_allowed
+            + self.content_too_large
+            + self.upgrade_required
+            + self.header_too_large
+            + self.unavailable
+            + self.other
+    }
+}
+
+/// A snapshot of the server's counters. Counts are totals since the server was built.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Open WebSocket connections now (including those closing).
+    pub open_connections: usize,
+    /// TCP connections now in the table: open sockets, handshakes and lingering ones.
+    pub tcp_connections: usize,
+    /// Upgrades answered with 101.
+    pub handshakes_accepted: u64,
+    /// HTTP requests answered with a plain response (any status).
+    pub http_responses: u64,
+    /// Answers of 400 and above, by status.
+    pub rejected: Rejections,
+    /// Data messages received (after reassembly).
+    pub messages_in: u64,
+    /// Payload bytes of the data messages received.
+    pub bytes_in: u64,
+    /// Data frames queued, counted once per recipient.
+    pub messages_out: u64,
+    /// Bytes written to sockets (frames, control frames, HTTP).
+    pub bytes_out: u64,
+    /// Bytes queued for all connections now.
+    pub queued_bytes: usize,
+    /// The most bytes ever queued for one connection.
+    pub peak_queued_bytes: usize,
+    /// Data frames skipped under [`SlowConsumer::DropMessage`](crate::SlowConsumer::DropMessage),
+    /// plus handle commands whose target was gone or closing.
+    pub dropped_messages: u64,
+    /// Connections closed under [`SlowConsumer::Close`](crate::SlowConsumer::Close).
+    pub slow_consumer_closes: u64,
+    /// Connections closed for sending no complete request within the handshake timeout.
+    pub handshake_timeouts: u64,
+    /// Connections dropped for not answering a keepalive ping.
+    pub pong_timeouts: u64,
+    /// Close handshakes the peer did not finish in time.
+    pub close_timeouts: u64,
+    /// Connections closed because their queue did not drain at all for too long.
+    pub write_stall_timeouts: u64,
+    /// Connections failed for a protocol violation (close codes 1002, 1007, 1009).
+    pub protocol_errors: u64,
+    /// Episodes in which accepting failed for lack of resources (e.g. EMFILE) and paused.
+    pub accept_pauses: u64,
+}
