@@ -63,7 +63,7 @@ impl Default for Config {
             max_request_bytes: 8 * 1024,
             max_body_bytes: 64 * 1024,
             max_message_size: 1024 * 1024,
-            read_buffer_size: 4 * 1024,
+            read_buffer_size: 1024,
             max_backpressure: 256 * 1024,
             drain_watermark: 64 * 1024,
             slow_consumer: SlowConsumer::Close,
@@ -121,7 +121,7 @@ impl Config {
     /// sends a frame (an idle connection has none). The server reads every socket into one
     /// shared 64 KiB buffer and hands the bytes over, so this only needs to hold the frames
     /// in flight; it grows for a larger frame. tungstenite's own default is 128 KiB, which
-    /// would cost 128 KiB per active connection. Default **4 KiB**.
+    /// would cost 128 KiB per active connection. Default **1 KiB**.
     pub fn read_buffer_size(mut self, n: usize) -> Config {
         self.read_buffer_size = n;
         self

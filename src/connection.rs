@@ -210,21 +210,6 @@ impl<D> Session<D> {
         };
         let _ = self.codec(config).close(&mut io, Some(frame));
     }
-
-    /// Queues a keepalive ping.
-    pub(crate) fn ping(&mut self, config: &WebSocketConfig, control: &mut Vec<u8>) {
-        let mut io = Io {
-            input: &[],
-            output: control,
-        };
-        let codec = self.codec(config);
-        if codec
-            .write(&mut io, tungstenite::Message::Ping(Default::default()))
-            .is_ok()
-        {
-            let _ = codec.flush(&mut io);
-        }
-    }
 }
 
 /// The close code and reason for a decoding error (RFC 6455 §7.4.1).

@@ -27,6 +27,7 @@ pub struct Frame {
 /// Opcodes of RFC 6455 §5.2.
 const OP_TEXT: u8 = 0x1;
 const OP_BINARY: u8 = 0x2;
+const OP_PING: u8 = 0x9;
 const FIN: u8 = 0x80;
 
 impl Frame {
@@ -49,6 +50,12 @@ impl Frame {
     /// connection's [`max_backpressure`](crate::Config::max_backpressure).
     pub fn wire_len(&self) -> usize {
         self.wire.len()
+    }
+
+    /// A keepalive ping with an empty payload. Sent without tungstenite's codec, so an idle
+    /// connection does not need one until the pong comes back.
+    pub(crate) fn ping() -> Bytes {
+        Bytes::from_static(&[FIN | OP_PING, 0])
     }
 
     pub(crate) fn wire(&self) -> &Bytes {

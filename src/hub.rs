@@ -151,6 +151,15 @@ impl<D> Hub<D> {
         }
     }
 
+    /// The ids of the connections that pass `filter` (a snapshot, for loops that remove).
+    pub(crate) fn ids(&self, filter: impl Fn(&Connection<D>) -> bool) -> Vec<ConnId> {
+        self.conns
+            .iter()
+            .filter(|(_, c)| filter(c))
+            .map(|(key, c)| ConnId::new(key, c.generation))
+            .collect()
+    }
+
     pub(crate) fn open_count(&self) -> usize {
         self.env.stats.open_connections
     }

@@ -21,8 +21,8 @@ use crate::hub::Hub;
 use crate::outbox::Flush;
 use crate::timers::TimerKey;
 use crate::{
-    CloseInfo, Config, ConnId, Ctx, Handle, Handler, Message, Reply, Request, Response, SendError,
-    Stats,
+    CloseInfo, Config, ConnId, Ctx, Frame, Handle, Handler, Message, Reply, Request, Response,
+    SendError, Stats,
 };
 
 const LISTENER: Token = Token(usize::MAX - 1);
@@ -647,34 +647,33 @@ impl<H: Handler> Server<H> {
         let expired = match &mut conn.phase {
             Phase::Handshaking(_) => {
                 env.stats.handshake_timeouts += 1;
-                None
+                abnormal("handshake timeout")
             }
             Phase::Open(_) if !conn.outbox.is_empty() && now >= conn.last_write + stall => {
                 env.stats.write_stall_timeouts += 1;
-                Some(abnormal("write stalled"))
+                abnormal("write stalled")
             }
             Phase::Open(session) if session.ping_sent.is_some() => {
                 env.stats.pong_timeouts += 1;
-                Some(abnormal("keepalive timeout"))
+                abnormal("keepalive timeout")
             }
             Phase::Open(session) => {
-                session.ping(&env.ws_config, &mut env.control);
                 session.ping_sent = Some(now);
-                env.push_control(conn, id);
+                env.push(conn, id, Frame::ping());
                 env.schedule(conn, id);
                 return;
             }
             Phase::Closing { code, reason, .. } => {
                 env.stats.close_timeouts += 1;
-                Some(CloseInfo {
+                CloseInfo {
                     code: *code,
                     reason: mem::take(reason),
                     clean: false,
-                })
+                }
             }
-            Phase::Lingering { .. } => None,
+            Phase::Lingering { .. } => abnormal("linger timeout"),
         };
-        self.remove_with(id, expired);
+        self.remove(id, expired);
     }
 
     // ----- writing and follow-up work -----
@@ -783,12 +782,9 @@ impl<H: Handler> Server<H> {
         env.schedule(conn, id);
     }
 
-    /// Removes a connection from the table, reporting `info` if it was still a WebSocket.
+    /// Removes a connection from the table; `on_close` gets `info` if it was still a
+    /// WebSocket (Open or Closing).
     fn remove(&mut self, id: ConnId, info: CloseInfo) {
-        self.remove_with(id, Some(info));
-    }
-
-    fn remove_with(&mut self, id: ConnId, info: Option<CloseInfo>) {
         let Hub { conns, env } = &mut self.hub;
         let Some(conn) = conns
             .get_mut(id.key())
@@ -796,15 +792,9 @@ impl<H: Handler> Server<H> {
         else {
             return;
         };
-        if let Some(info) = info {
-            env.finish(conn, id, info);
-        }
+        env.finish(conn, id, info);
         if matches!(conn.phase, Phase::Handshaking(_)) {
             env.handshaking -= 1;
-        }
-        if conn.session_mut().is_some() {
-            // Removed without a close report: still owe on_close.
-            env.finish(conn, id, abnormal("connection dropped"));
         }
         let mut conn = conns.remove(id.key());
         env.stats.queued_bytes -= conn.outbox.queued();
@@ -814,67 +804,49 @@ impl<H: Handler> Server<H> {
     // ----- shutdown -----
 
     fn step_shutdown(&mut self) {
-        match self.state {
-            State::Running if self.hub.env.shutdown_requested => {
-                log::info!(
-                    "shutting down: closing {} connections",
-                    self.hub.open_count()
-                );
-                if let Some(mut listener) = self.listener.take() {
-                    let _ = self.poll.registry().deregister(&mut listener);
-                }
-                let ids: Vec<ConnId> = self
-                    .hub
-                    .conns
-                    .iter()
-                    .map(|(key, conn)| ConnId::new(key, conn.generation))
-                    .collect();
-                for id in ids {
-                    match self.hub.get(id).map(|c| &c.phase) {
-                        Some(Phase::Open(_)) => {
-                            let _ = self.hub.close(id, 1001, "server shutting down");
-                        }
-                        Some(Phase::Handshaking(_)) => self.remove_with(id, None),
-                        _ => {}
-                    }
-                }
-                let deadline = self.hub.env.after(self.hub.env.config.shutdown_timeout);
-                self.state = State::Draining { deadline };
-                self.settle();
-            }
-            State::Draining { deadline } => {
-                // Connections that said all they had to say need not wait for the peer's EOF.
-                let done: Vec<ConnId> = self
-                    .hub
-                    .conns
-                    .iter()
-                    .filter(|(_, c)| c.write_shut)
-                    .map(|(key, c)| ConnId::new(key, c.generation))
-                    .collect();
-                for id in done {
-                    self.remove_with(id, None);
-                }
-                if self.hub.conns.is_empty() {
-                    self.state = State::Stopped;
-                } else if self.hub.env.now >= deadline {
-                    let ids: Vec<ConnId> = self
-                        .hub
-                        .conns
-                        .iter()
-                        .map(|(key, conn)| ConnId::new(key, conn.generation))
-                        .collect();
-                    for id in ids {
-                        self.remove(id, abnormal("shutdown deadline passed"));
-                    }
-                    self.settle();
-                    self.state = State::Stopped;
-                }
-            }
-            _ => {}
+        if self.state == State::Running && self.hub.env.shutdown_requested {
+            self.begin_shutdown();
         }
-        if self.state == State::Stopped {
+        let State::Draining { deadline } = self.state else {
+            return;
+        };
+        // Connections that said all they had to say need not wait for the peer's EOF.
+        for id in self.hub.ids(|c| c.write_shut) {
+            self.remove(id, abnormal("server shutting down"));
+        }
+        if self.hub.env.now >= deadline {
+            for id in self.hub.ids(|_| true) {
+                self.remove(id, abnormal("shutdown deadline passed"));
+            }
+            self.settle();
+        }
+        if self.hub.conns.is_empty() {
+            self.state = State::Stopped;
             log::info!("shut down");
         }
+    }
+
+    /// Stops accepting and starts the close handshake with every connection.
+    fn begin_shutdown(&mut self) {
+        log::info!(
+            "shutting down: closing {} connections",
+            self.hub.open_count()
+        );
+        if let Some(mut listener) = self.listener.take() {
+            let _ = self.poll.registry().deregister(&mut listener);
+        }
+        for id in self.hub.ids(|_| true) {
+            match self.hub.get(id).map(|c| &c.phase) {
+                Some(Phase::Open(_)) => {
+                    let _ = self.hub.close(id, 1001, "server shutting down");
+                }
+                Some(Phase::Handshaking(_)) => self.remove(id, abnormal("server shutting down")),
+                _ => {}
+            }
+        }
+        let deadline = self.hub.env.after(self.hub.env.config.shutdown_timeout);
+        self.state = State::Draining { deadline };
+        self.settle();
     }
 
     fn publish_stats(&self) {

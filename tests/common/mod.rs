@@ -97,9 +97,9 @@ pub fn set_timeouts(ws: &Client, timeout: Duration) {
 /// The next text or binary message (pings and pongs are skipped).
 pub fn next_data(ws: &mut Client) -> Message {
     loop {
-        match ws.read().expect("read") {
-            m @ (Message::Text(_) | Message::Binary(_) | Message::Close(_)) => return m,
-            _ => {}
+        let m = ws.read().expect("read");
+        if matches!(m, Message::Text(_) | Message::Binary(_) | Message::Close(_)) {
+            return m;
         }
     }
 }
