@@ -37,6 +37,7 @@ pub enum SlowConsumer {
 #[derive(Clone, Debug)]
 pub struct Config {
     pub(crate) max_connections: usize,
+    pub(crate) backlog: u32,
     pub(crate) max_handshakes: usize,
     pub(crate) max_request_bytes: usize,
     pub(crate) max_body_bytes: usize,
@@ -59,6 +60,7 @@ impl Default for Config {
     fn default() -> Config {
         Config {
             max_connections: 10_000,
+            backlog: 1_024,
             max_handshakes: 1_024,
             max_request_bytes: 8 * 1024,
             max_body_bytes: 64 * 1024,
@@ -85,6 +87,15 @@ impl Config {
     /// Default **10,000**.
     pub fn max_connections(mut self, n: usize) -> Config {
         self.max_connections = n;
+        self
+    }
+
+    /// The listen backlog used by [`Server::bind`](crate::Server::bind): connections the
+    /// kernel completes before the server accepts them. std and mio use 128, which makes
+    /// a burst of connecting clients lose SYNs and wait a second for the retry. The kernel
+    /// caps it at `net.core.somaxconn`. Default **1,024**.
+    pub fn backlog(mut self, n: u32) -> Config {
+        self.backlog = n;
         self
     }
 

@@ -103,13 +103,22 @@ enum State {
 }
 
 impl<H: Handler> Server<H> {
-    /// Binds `addr` (e.g. `"127.0.0.1:8080"`, or port 0 for any free port).
+    /// Binds `addr` (e.g. `"127.0.0.1:8080"`, or port 0 for any free port) with
+    /// `SO_REUSEADDR` and [`Config::backlog`].
     pub fn bind(addr: impl ToSocketAddrs, config: Config, handler: H) -> io::Result<Server<H>> {
         let addr = addr
             .to_socket_addrs()?
             .next()
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no address to bind"))?;
-        Server::with_listener(TcpListener::bind(addr)?, config, handler)
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )?;
+        socket.set_reuse_address(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(i32::try_from(config.backlog).unwrap_or(i32::MAX))?;
+        Server::from_listener(socket.into(), config, handler)
     }
 
     /// Serves on a listener the embedder created (e.g. one inherited from a supervisor);
