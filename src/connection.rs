@@ -43,8 +43,7 @@ pub(crate) enum Phase<D> {
 /// The request bytes read so far.
 pub(crate) struct Handshake {
     pub(crate) buf: Vec<u8>,
-    /// How far the search for the end of the head got.
-    pub(crate) scanned: usize,
+    pub(crate) scan: crate::http::Scan,
     pub(crate) since: u64,
 }
 
@@ -99,7 +98,7 @@ impl<D> Connection<D> {
             generation,
             phase: Phase::Handshaking(Box::new(Handshake {
                 buf: Vec::new(),
-                scanned: 0,
+                scan: Default::default(),
                 since: now,
             })),
             outbox: Outbox::default(),

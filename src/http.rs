@@ -262,21 +262,34 @@ pub(crate) struct Limits {
     pub(crate) max_body: usize,
 }
 
-/// Checks whether `buf` holds a whole request. `scanned` remembers how far the search for
-/// the end of the head got, so a request sent one byte at a time costs linear time.
-pub(crate) fn progress(buf: &[u8], scanned: &mut usize, limits: &Limits) -> Progress {
-    let from = scanned.saturating_sub(3);
-    let head_len = match find_head_end(&buf[from..]) {
-        Some(end) => from + end,
-        None => {
-            *scanned = buf.len();
-            if buf.len() > limits.max_head {
-                return Progress::Invalid(Response::text(431, "request header too large"));
-            }
-            return Progress::Incomplete;
+/// How far [`progress`] got with a request that arrives in pieces.
+#[derive(Debug, Default)]
+pub(crate) struct Scan {
+    /// Bytes already searched for the end of the head, so a request sent one byte at a
+    /// time costs linear time.
+    searched: usize,
+    /// Head plus body length, once the head has been parsed: then only the body's bytes
+    /// are awaited, and the head is never parsed again.
+    request_len: Option<usize>,
+}
+
+/// Checks whether `buf` holds a whole request (head and `Content-Length` body).
+pub(crate) fn progress(buf: &[u8], scan: &mut Scan, limits: &Limits) -> Progress {
+    if let Some(len) = scan.request_len {
+        return if buf.len() >= len {
+            Progress::Complete { len }
+        } else {
+            Progress::Incomplete
+        };
+    }
+    let from = scan.searched.saturating_sub(3);
+    let Some(head_len) = find_head_end(&buf[from..]).map(|end| from + end) else {
+        scan.searched = buf.len();
+        if buf.len() > limits.max_head {
+            return Progress::Invalid(Response::text(431, "request header too large"));
         }
+        return Progress::Incomplete;
     };
-    *scanned = head_len;
     if head_len > limits.max_head {
         return Progress::Invalid(Response::text(431, "request header too large"));
     }
@@ -299,12 +312,8 @@ pub(crate) fn progress(buf: &[u8], scanned: &mut usize, limits: &Limits) -> Prog
     if body_len > limits.max_body {
         return Progress::Invalid(Response::text(413, "request body too large"));
     }
-    if buf.len() < head_len + body_len {
-        return Progress::Incomplete;
-    }
-    Progress::Complete {
-        len: head_len + body_len,
-    }
+    scan.request_len = Some(head_len + body_len);
+    progress(buf, scan, limits)
 }
 
 /// Parses a request that [`progress`] found complete.
@@ -517,10 +526,10 @@ mod tests {
     #[test]
     fn a_request_in_single_bytes_completes_once() {
         let raw = b"POST /push HTTP/1.1\r\nContent-Length: 3\r\n\r\nabcWS";
-        let mut scanned = 0;
+        let mut scan = Scan::default();
         let mut done = None;
         for end in 1..=raw.len() {
-            match progress(&raw[..end], &mut scanned, &LIMITS) {
+            match progress(&raw[..end], &mut scan, &LIMITS) {
                 Progress::Incomplete => {}
                 Progress::Complete { len } => {
                     done = Some((end, len));
@@ -539,17 +548,17 @@ mod tests {
 
     #[test]
     fn limits_give_specific_statuses() {
-        let mut s = 0;
+        let mut s = Scan::default();
         let huge = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(9000));
         assert!(
             matches!(progress(huge.as_bytes(), &mut s, &LIMITS), Progress::Invalid(r) if r.status() == 431)
         );
-        let mut s = 0;
+        let mut s = Scan::default();
         let big_body = b"POST / HTTP/1.1\r\nContent-Length: 5000\r\n\r\n";
         assert!(
             matches!(progress(big_body, &mut s, &LIMITS), Progress::Invalid(r) if r.status() == 413)
         );
-        let mut s = 0;
+        let mut s = Scan::default();
         assert!(
             matches!(progress(b"GET / HTTP/1.1\r\nBad Header\r\n\r\n", &mut s, &LIMITS), Progress::Invalid(r) if r.status() == 400)
         );

@@ -280,8 +280,9 @@ impl<D> Env<D> {
         self.stats.open_connections -= 1;
         self.closed.push_back((id, data, info));
         self.schedule(conn, id);
-        // Lingering still flushes what is queued (a close frame); make sure it goes.
-        if !conn.outbox.is_empty() && !conn.dirty {
+        // Lingering flushes what is queued (a close frame), then shuts our side down: the
+        // flush does that, so it is due even with nothing queued.
+        if !conn.dirty {
             conn.dirty = true;
             self.dirty.push(id);
         }

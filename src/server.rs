@@ -399,7 +399,7 @@ impl<H: Handler> Server<H> {
             return;
         };
         handshake.buf.extend_from_slice(bytes);
-        let len = match http::progress(&handshake.buf, &mut handshake.scanned, &limits) {
+        let len = match http::progress(&handshake.buf, &mut handshake.scan, &limits) {
             Progress::Incomplete => return,
             Progress::Complete { len } => len,
             Progress::Invalid(response) => {
