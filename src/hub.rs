@@ -82,11 +82,15 @@ impl<D> Hub<D> {
         }
     }
 
-    /// The connection `id` names, if it still exists (a stale id finds nothing).
+    /// The connection `id` names, if it still exists (a stale id finds nothing), together
+    /// with the rest of the hub: the borrow split every operation on one connection needs.
+    pub(crate) fn split(&mut self, id: ConnId) -> Option<(&mut Connection<D>, &mut Env<D>)> {
+        let conn = self.conns.get_mut(id.key())?;
+        (conn.generation == id.generation()).then_some((conn, &mut self.env))
+    }
+
     pub(crate) fn get_mut(&mut self, id: ConnId) -> Option<&mut Connection<D>> {
-        self.conns
-            .get_mut(id.key())
-            .filter(|c| c.generation == id.generation())
+        self.split(id).map(|(conn, _)| conn)
     }
 
     pub(crate) fn get(&self, id: ConnId) -> Option<&Connection<D>> {
@@ -100,11 +104,8 @@ impl<D> Hub<D> {
     }
 
     pub(crate) fn send(&mut self, id: ConnId, frame: &Frame) -> Result<(), SendError> {
-        let Hub { conns, env } = self;
-        let conn = conns
-            .get_mut(id.key())
-            .filter(|c| c.generation == id.generation());
-        env.offer(conn.ok_or(SendError::Gone)?, id, frame)
+        let (conn, env) = self.split(id).ok_or(SendError::Gone)?;
+        env.offer(conn, id, frame)
     }
 
     pub(crate) fn broadcast(
@@ -135,11 +136,7 @@ impl<D> Hub<D> {
     }
 
     pub(crate) fn close(&mut self, id: ConnId, code: u16, reason: &str) -> Result<(), SendError> {
-        let Hub { conns, env } = self;
-        let conn = conns
-            .get_mut(id.key())
-            .filter(|c| c.generation == id.generation())
-            .ok_or(SendError::Gone)?;
+        let (conn, env) = self.split(id).ok_or(SendError::Gone)?;
         match conn.phase {
             Phase::Open(_) => {
                 env.start_close(conn, id, code, reason);

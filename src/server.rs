@@ -457,8 +457,7 @@ impl<H: Handler> Server<H> {
 
     /// Handshaking → (temporarily) Lingering; returns the request bytes.
     fn leave_handshake(&mut self, id: ConnId) -> Option<Box<Handshake>> {
-        let Hub { conns, env } = &mut self.hub;
-        let conn = conns.get_mut(id.key())?;
+        let (conn, env) = self.hub.split(id)?;
         let since = env.now;
         match mem::replace(&mut conn.phase, Phase::Lingering { since }) {
             Phase::Handshaking(handshake) => {
@@ -474,8 +473,7 @@ impl<H: Handler> Server<H> {
 
     /// Queues a plain HTTP answer; the connection lingers and closes once it is written.
     fn respond(&mut self, id: ConnId, response: &Response) {
-        let Hub { conns, env } = &mut self.hub;
-        let Some(conn) = conns.get_mut(id.key()) else {
+        let Some((conn, env)) = self.hub.split(id) else {
             return;
         };
         let (head, body) = response.encode();
@@ -498,8 +496,7 @@ impl<H: Handler> Server<H> {
         data: H::Data,
         pipelined: Vec<u8>,
     ) {
-        let Hub { conns, env } = &mut self.hub;
-        let Some(conn) = conns.get_mut(id.key()) else {
+        let Some((conn, env)) = self.hub.split(id) else {
             return;
         };
         env.push(conn, id, http::switching_protocols(accept_key, protocol));
@@ -519,8 +516,7 @@ impl<H: Handler> Server<H> {
     fn on_frame_bytes(&mut self, id: ConnId, bytes: &[u8]) {
         let mut inbox = mem::take(&mut self.messages);
         let fed = {
-            let Hub { conns, env } = &mut self.hub;
-            let Some(conn) = conns.get_mut(id.key()) else {
+            let Some((conn, env)) = self.hub.split(id) else {
                 return;
             };
             let Some(session) = conn.session_mut() else {
@@ -543,11 +539,7 @@ impl<H: Handler> Server<H> {
         }
         self.messages = inbox;
 
-        let Hub { conns, env } = &mut self.hub;
-        let Some(conn) = conns
-            .get_mut(id.key())
-            .filter(|c| c.generation == id.generation())
-        else {
+        let Some((conn, env)) = self.hub.split(id) else {
             return;
         };
         match fed {
@@ -637,11 +629,7 @@ impl<H: Handler> Server<H> {
     }
 
     fn conn_timer(&mut self, id: ConnId, at: u64) {
-        let Hub { conns, env } = &mut self.hub;
-        let Some(conn) = conns
-            .get_mut(id.key())
-            .filter(|c| c.generation == id.generation())
-        else {
+        let Some((conn, env)) = self.hub.split(id) else {
             return;
         };
         if at == conn.timer_at {
@@ -731,11 +719,7 @@ impl<H: Handler> Server<H> {
     /// Writes what the connection has queued: one vectored write (more only if the socket
     /// keeps taking bytes), then updates interest, watermarks and deadlines.
     fn flush_conn(&mut self, id: ConnId) {
-        let Hub { conns, env } = &mut self.hub;
-        let Some(conn) = conns
-            .get_mut(id.key())
-            .filter(|c| c.generation == id.generation())
-        else {
+        let Some((conn, env)) = self.hub.split(id) else {
             return;
         };
         conn.dirty = false;
@@ -794,19 +778,15 @@ impl<H: Handler> Server<H> {
     /// Removes a connection from the table; `on_close` gets `info` if it was still a
     /// WebSocket (Open or Closing).
     fn remove(&mut self, id: ConnId, info: CloseInfo) {
-        let Hub { conns, env } = &mut self.hub;
-        let Some(conn) = conns
-            .get_mut(id.key())
-            .filter(|c| c.generation == id.generation())
-        else {
+        let Some((conn, env)) = self.hub.split(id) else {
             return;
         };
         env.finish(conn, id, info);
         if matches!(conn.phase, Phase::Handshaking(_)) {
             env.handshaking -= 1;
         }
-        let mut conn = conns.remove(id.key());
         env.stats.queued_bytes -= conn.outbox.queued();
+        let mut conn = self.hub.conns.remove(id.key());
         let _ = self.poll.registry().deregister(&mut conn.sock);
     }
 
