@@ -1,0 +1,1248 @@
+//! The chat hub: every rule of the protocol (see `README.md` beside this file) in one
+//! [`Handler`]. `main.rs` runs it; `tests/chat.rs` includes this file and runs it in-process.
+//!
+//! Identity: a *user* has a public id (for private messages), a secret token (kept by the
+//! page in `localStorage`, sent again on reconnect) and a name unique among present users.
+//! A user may have several connections (tabs); room membership belongs to the user, so all
+//! of a user's tabs are in the same rooms. When a user's last connection closes, the user
+//! stays present for a short grace period (a page reload does not leave every room), then
+//! leaves its rooms and goes offline; its id and token are remembered for a while, so a
+//! later reconnect with the token gets the same id back.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::fmt::Write as _;
+use std::io::Read as _;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::{Map, Value, json};
+use wshub::{
+    CloseInfo, Config, ConnId, Ctx, Frame, Handler, Message, Reply, Request, Response,
+    SlowConsumer, TimerId,
+};
+
+/// The page, served at `GET /` without a copy.
+pub const PAGE: &str = include_str!("page.html");
+
+/// The room every user joins on connecting; it always exists.
+pub const LOBBY: &str = "lobby";
+/// Longest user name and room name, in characters.
+pub const MAX_NAME_CHARS: usize = 32;
+
+/// Close codes the hub uses (the library adds 1001, 1008, 1009, 1006).
+pub mod close {
+    /// The name in the query string is missing or invalid.
+    pub const INVALID_NAME: u16 = 4001;
+    /// Another present user has this name.
+    pub const NAME_TAKEN: u16 = 4002;
+    /// The user already has the most connections allowed.
+    pub const TOO_MANY_CONNECTIONS: u16 = 4003;
+    /// Too many errors in the error window.
+    pub const TOO_MANY_ERRORS: u16 = 4008;
+    /// Too many errors in the error window, the last of them `rate_limited`.
+    pub const FLOODING: u16 = 4029;
+}
+
+/// The server settings the chat runs with: small messages, keepalive on with the library's
+/// defaults (ping after 30 s idle, drop after 30 s more), and a slow reader is closed (1008),
+/// reconnects and catches up from history rather than silently missing messages.
+pub fn config() -> Config {
+    Config::default()
+        // A chat message is at most 1000 characters (4000 bytes of UTF-8) plus a little
+        // JSON; anything much bigger is not a chat message (closed with 1009).
+        .max_message_size(16 * 1024)
+        // POST /push bodies: the same text limit.
+        .max_body_bytes(16 * 1024)
+        // Room for a burst: a `joined` state frame is at most ~200 KiB (64 KiB of history,
+        // up to 1000 members), and a reader behind by 256 KiB is not keeping up.
+        .max_backpressure(256 * 1024)
+        .slow_consumer(SlowConsumer::Close)
+}
+
+/// The hub's own limits. `Options::default()` is what `main.rs` runs with.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Messages kept per room and sent on joining it.
+    pub history: usize,
+    /// Most bytes of encoded messages kept per room (the oldest go first).
+    pub history_bytes: usize,
+    /// If set, `POST /push` needs `Authorization: Bearer <token>`.
+    pub push_token: Option<String>,
+    /// How long a user whose last connection closed stays present (in its rooms, name
+    /// reserved). Zero: leaves at once.
+    pub offline_grace: Duration,
+    /// How long an offline user's id and token are remembered.
+    pub session_ttl: Duration,
+    /// Most users remembered (present or not); beyond it the longest-offline are forgotten.
+    pub max_sessions: usize,
+    /// Member counts of changed rooms are pushed to everyone at most this often
+    /// (`room_counts`). Zero: never pushed (clients ask with `list_rooms`).
+    pub room_counts_interval: Duration,
+    /// Longest message text, in characters.
+    pub max_text_chars: usize,
+    /// Most rooms on the server; creating one more evicts the longest-idle empty room.
+    pub max_rooms: usize,
+    /// Most rooms one user is in.
+    pub max_rooms_per_user: usize,
+    /// Most members of one room.
+    pub max_members: usize,
+    /// Most connections (tabs) of one user.
+    pub max_connections_per_user: usize,
+    /// Messages a connection may send in a burst (token bucket size)...
+    pub burst: f64,
+    /// ...and per second after it.
+    pub per_second: f64,
+    /// More than this many errors within `error_window` closes the connection.
+    pub max_errors: u32,
+    /// See `max_errors`.
+    pub error_window: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            history: 50,
+            history_bytes: 64 * 1024,
+            push_token: None,
+            offline_grace: Duration::from_secs(5),
+            session_ttl: Duration::from_secs(3600),
+            max_sessions: 50_000,
+            room_counts_interval: Duration::from_secs(1),
+            max_text_chars: 1000,
+            max_rooms: 1000,
+            max_rooms_per_user: 10,
+            max_members: 1000,
+            max_connections_per_user: 8,
+            burst: 20.0,
+            per_second: 5.0,
+            max_errors: 10,
+            error_window: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Per-connection data.
+pub struct Conn {
+    /// What the upgrade request asked for; taken in `on_open`.
+    join: Option<JoinRequest>,
+    /// The user, once admitted.
+    user: Option<u64>,
+    /// Token bucket: messages left, and when it was last refilled.
+    allowance: f64,
+    refilled: Instant,
+    /// Errors in the current window, and when the window started.
+    errors: u32,
+    window_start: Instant,
+}
+
+struct JoinRequest {
+    /// The percent-decoded `name` (None if absent or not valid percent-encoded UTF-8).
+    name: Option<String>,
+    token: Option<String>,
+}
+
+struct User {
+    id: String,
+    token: String,
+    name: String,
+    /// Open connections, oldest first.
+    conns: Vec<ConnId>,
+    rooms: BTreeSet<String>,
+    presence: Presence,
+}
+
+enum Presence {
+    Online,
+    /// No connection left; leaves when the timer fires.
+    Grace(TimerId),
+    /// Left every room at this time; remembered until `session_ttl` after it.
+    Offline(Instant),
+}
+
+struct Room {
+    members: HashSet<u64>,
+    /// Sent messages with their encoded length.
+    history: VecDeque<(Value, usize)>,
+    history_bytes: usize,
+    last_active: Instant,
+}
+
+/// A request the hub refuses: the `code` and `message` of an `error`.
+#[derive(Debug)]
+struct Fail {
+    code: &'static str,
+    message: String,
+}
+
+fn fail(code: &'static str, message: impl Into<String>) -> Fail {
+    Fail {
+        code,
+        message: message.into(),
+    }
+}
+
+/// Counters of the hub itself, reported by `GET /stats`.
+#[derive(Default)]
+struct Totals {
+    users_created: u64,
+    room_messages: u64,
+    direct_messages: u64,
+    pushes: u64,
+    errors: u64,
+    abuse_closes: u64,
+}
+
+/// Application timer tokens.
+const TIMER_SWEEP: u64 = 1;
+const TIMER_ROOM_COUNTS: u64 = 2;
+/// `TIMER_GRACE + user key`: that user's grace period is over.
+const TIMER_GRACE: u64 = 1 << 40;
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
+
+/// The chat: users, rooms, history.
+pub struct Chat {
+    opts: Options,
+    /// Random per process: clients that see it change know the server restarted.
+    instance: String,
+    seq: u64,
+    next_key: u64,
+    users: HashMap<u64, User>,
+    by_id: HashMap<String, u64>,
+    by_token: HashMap<String, u64>,
+    /// Lower-cased name → present (online or in grace) user.
+    by_name: HashMap<String, u64>,
+    /// Users as they went offline, oldest first (entries go stale when a user comes back).
+    offline: VecDeque<(u64, Instant)>,
+    rooms: BTreeMap<String, Room>,
+    /// Rooms whose member count changed since the last `room_counts`.
+    counts_dirty: BTreeSet<String>,
+    counts_timer: bool,
+    sweep_timer: bool,
+    totals: Totals,
+}
+
+impl Chat {
+    pub fn new(opts: Options) -> Chat {
+        let mut rooms = BTreeMap::new();
+        rooms.insert(LOBBY.to_owned(), Room::new());
+        Chat {
+            opts,
+            instance: random_hex(4),
+            seq: 0,
+            next_key: 1,
+            users: HashMap::new(),
+            by_id: HashMap::new(),
+            by_token: HashMap::new(),
+            by_name: HashMap::new(),
+            offline: VecDeque::new(),
+            rooms,
+            counts_dirty: BTreeSet::new(),
+            counts_timer: false,
+            sweep_timer: false,
+            totals: Totals::default(),
+        }
+    }
+
+    // ----- building messages -----
+
+    /// A server→client message: `body` (an object) plus `type`, `from`, `ts` and `seq`.
+    fn stamp(&mut self, kind: &str, from: Value, body: Value) -> Value {
+        self.seq += 1;
+        let mut map = match body {
+            Value::Object(map) => map,
+            _ => Map::new(),
+        };
+        map.insert("type".into(), kind.into());
+        map.insert("from".into(), from);
+        map.insert("ts".into(), now_ms().into());
+        map.insert("seq".into(), self.seq.into());
+        Value::Object(map)
+    }
+
+    fn user_ref(&self, key: u64) -> Value {
+        match self.users.get(&key) {
+            Some(u) => json!({ "id": u.id, "name": u.name }),
+            None => Value::Null,
+        }
+    }
+
+    fn error_frame(&mut self, f: &Fail) -> Frame {
+        let v = self.stamp(
+            "error",
+            "server".into(),
+            json!({ "code": f.code, "message": f.message }),
+        );
+        Frame::text(&v.to_string())
+    }
+
+    /// One frame to every connection of a user: encoded once, sent to each tab.
+    fn send_to_user(&self, ctx: &mut Ctx<'_, Conn>, key: u64, frame: &Frame) -> usize {
+        let Some(user) = self.users.get(&key) else {
+            return 0;
+        };
+        user.conns
+            .iter()
+            .filter(|&&c| ctx.send(c, frame).is_ok())
+            .count()
+    }
+
+    /// One frame to every connection of every member of `room` except `except`'s: encoded
+    /// once, queued by one walk of the connection table.
+    fn send_to_room(
+        &self,
+        ctx: &mut Ctx<'_, Conn>,
+        room: &str,
+        except: Option<u64>,
+        frame: &Frame,
+    ) -> usize {
+        let Some(room) = self.rooms.get(room) else {
+            return 0;
+        };
+        let members = &room.members;
+        ctx.broadcast_to(frame, |_, c| {
+            c.user
+                .is_some_and(|u| Some(u) != except && members.contains(&u))
+        })
+        .queued
+    }
+
+    // ----- requests from clients -----
+
+    /// Handles one text message from an admitted user.
+    fn request(
+        &mut self,
+        ctx: &mut Ctx<'_, Conn>,
+        id: ConnId,
+        key: u64,
+        text: &str,
+    ) -> Result<(), Fail> {
+        let value: Value = serde_json::from_str(text)
+            .map_err(|e| fail("bad_json", format!("not valid JSON: {e}")))?;
+        let Value::Object(obj) = value else {
+            return Err(fail("bad_json", "expected a JSON object"));
+        };
+        match str_field(&obj, "type")? {
+            "say" => {
+                let room = room_field(&obj)?;
+                let text = self.text_field(&obj)?;
+                self.say(ctx, key, &room, text)
+            }
+            "dm" => {
+                let to = str_field(&obj, "to")?;
+                let text = self.text_field(&obj)?;
+                self.direct(ctx, key, to, text)
+            }
+            "join" => {
+                let room = room_field(&obj)?;
+                self.join(ctx, key, &room, Some(id))
+            }
+            "leave" => {
+                let room = room_field(&obj)?;
+                self.leave(ctx, key, &room)
+            }
+            "list_rooms" => {
+                let rooms: Vec<Value> = self
+                    .rooms
+                    .iter()
+                    .map(|(name, r)| json!({ "name": name, "members": r.members.len() }))
+                    .collect();
+                let v = self.stamp("rooms", "server".into(), json!({ "rooms": rooms }));
+                let _ = ctx.send(id, &Frame::text(&v.to_string()));
+                Ok(())
+            }
+            other => Err(fail(
+                "unknown_type",
+                format!(
+                    "unknown message type {other:?} (expected say, dm, join, leave or list_rooms)"
+                ),
+            )),
+        }
+    }
+
+    fn text_field<'a>(&self, obj: &'a Map<String, Value>) -> Result<&'a str, Fail> {
+        let text = str_field(obj, "text")?;
+        check_text(text, self.opts.max_text_chars)?;
+        Ok(text)
+    }
+
+    fn say(
+        &mut self,
+        ctx: &mut Ctx<'_, Conn>,
+        key: u64,
+        room: &str,
+        text: &str,
+    ) -> Result<(), Fail> {
+        if !self.rooms.contains_key(room) {
+            return Err(fail("unknown_room", format!("no room named {room:?}")));
+        }
+        if !self.users[&key].rooms.contains(room) {
+            return Err(fail(
+                "not_in_room",
+                format!("join {room:?} before sending to it"),
+            ));
+        }
+        let from = self.user_ref(key);
+        let msg = self.stamp("message", from, json!({ "room": room, "text": text }));
+        self.totals.room_messages += 1;
+        self.publish(ctx, room, msg);
+        Ok(())
+    }
+
+    /// Keeps a room message in the room's history and sends it to every member's
+    /// connections (the sender's included): one encoding, one `broadcast_to`.
+    fn publish(&mut self, ctx: &mut Ctx<'_, Conn>, room: &str, msg: Value) -> usize {
+        let encoded = msg.to_string();
+        let frame = Frame::text(&encoded);
+        if let Some(r) = self.rooms.get_mut(room) {
+            r.remember(msg, encoded.len(), &self.opts);
+        }
+        self.send_to_room(ctx, room, None, &frame)
+    }
+
+    fn direct(
+        &mut self,
+        ctx: &mut Ctx<'_, Conn>,
+        key: u64,
+        to: &str,
+        text: &str,
+    ) -> Result<(), Fail> {
+        let target = self.find_user(to)?;
+        let from = self.user_ref(key);
+        let to_ref = self.user_ref(target);
+        let msg = self.stamp("dm", from, json!({ "to": to_ref, "text": text }));
+        let frame = Frame::text(&msg.to_string());
+        self.totals.direct_messages += 1;
+        // The recipient's tabs, then the sender's (all of them: the page shows its own
+        // message when the echo arrives, so every tab has the same conversation).
+        self.send_to_user(ctx, target, &frame);
+        if target != key {
+            self.send_to_user(ctx, key, &frame);
+        }
+        Ok(())
+    }
+
+    /// A present user with connections, by id or (case-insensitive) name.
+    fn find_user(&self, who: &str) -> Result<u64, Fail> {
+        let key = self
+            .by_id
+            .get(who)
+            .or_else(|| self.by_name.get(&who.to_lowercase()))
+            .copied()
+            .ok_or_else(|| fail("unknown_user", format!("no user with id or name {who:?}")))?;
+        if self.users[&key].conns.is_empty() {
+            return Err(fail(
+                "user_offline",
+                format!("{} is not connected", self.users[&key].name),
+            ));
+        }
+        Ok(key)
+    }
+
+    /// Joins `room` (creating it). A user already in it gets the room's state again on the
+    /// connection that asked (`reply_to`); a new member's tabs all get it, and the other
+    /// members a `presence` event.
+    fn join(
+        &mut self,
+        ctx: &mut Ctx<'_, Conn>,
+        key: u64,
+        room: &str,
+        reply_to: Option<ConnId>,
+    ) -> Result<(), Fail> {
+        if self.users[&key].rooms.contains(room) {
+            if let Some(id) = reply_to {
+                let frame = self.room_state(room);
+                let _ = ctx.send(id, &frame);
+            }
+            return Ok(());
+        }
+        if self.users[&key].rooms.len() >= self.opts.max_rooms_per_user {
+            return Err(fail(
+                "room_limit",
+                format!(
+                    "you are in {} rooms already: leave one first",
+                    self.opts.max_rooms_per_user
+                ),
+            ));
+        }
+        if !self.rooms.contains_key(room) {
+            self.create_room(room)?;
+        }
+        let r = self.rooms.get_mut(room).expect("room exists");
+        if r.members.len() >= self.opts.max_members {
+            return Err(fail(
+                "room_full",
+                format!("{room:?} has {} members", self.opts.max_members),
+            ));
+        }
+        r.members.insert(key);
+        r.last_active = Instant::now();
+        self.users
+            .get_mut(&key)
+            .expect("user exists")
+            .rooms
+            .insert(room.to_owned());
+        self.count_changed(ctx, room);
+        let frame = self.room_state(room);
+        self.send_to_user(ctx, key, &frame);
+        let from = self.user_ref(key);
+        let presence = self.stamp("presence", from, json!({ "event": "join", "room": room }));
+        self.send_to_room(ctx, room, Some(key), &Frame::text(&presence.to_string()));
+        Ok(())
+    }
+
+    fn create_room(&mut self, room: &str) -> Result<(), Fail> {
+        if self.rooms.len() >= self.opts.max_rooms {
+            // Make space by forgetting the longest-idle empty room, if there is one.
+            let idle = self
+                .rooms
+                .iter()
+                .filter(|(name, r)| r.members.is_empty() && name.as_str() != LOBBY)
+                .min_by_key(|(_, r)| r.last_active)
+                .map(|(name, _)| name.clone());
+            let Some(idle) = idle else {
+                return Err(fail(
+                    "too_many_rooms",
+                    format!("the server has {} rooms, all in use", self.opts.max_rooms),
+                ));
+            };
+            self.rooms.remove(&idle);
+            if !self.opts.room_counts_interval.is_zero() {
+                // Reported with the next counts (the join that follows arms the timer).
+                self.counts_dirty.insert(idle);
+            }
+        }
+        self.rooms.insert(room.to_owned(), Room::new());
+        Ok(())
+    }
+
+    /// `joined`: the room's members (sorted by name) and history.
+    fn room_state(&mut self, room: &str) -> Frame {
+        let r = &self.rooms[room];
+        let mut members: Vec<(String, &User)> = r
+            .members
+            .iter()
+            .filter_map(|k| self.users.get(k))
+            .map(|u| (u.name.to_lowercase(), u))
+            .collect();
+        members.sort_by(|a, b| (&a.0, &a.1.id).cmp(&(&b.0, &b.1.id)));
+        let members: Vec<Value> = members
+            .into_iter()
+            .map(|(_, u)| json!({ "id": u.id, "name": u.name }))
+            .collect();
+        let history: Vec<Value> = r.history.iter().map(|(v, _)| v.clone()).collect();
+        let v = self.stamp(
+            "joined",
+            "server".into(),
+            json!({ "room": room, "members": members, "history": history }),
+        );
+        Frame::text(&v.to_string())
+    }
+
+    fn leave(&mut self, ctx: &mut Ctx<'_, Conn>, key: u64, room: &str) -> Result<(), Fail> {
+        if !self.rooms.contains_key(room) {
+            return Err(fail("unknown_room", format!("no room named {room:?}")));
+        }
+        if !self.users[&key].rooms.contains(room) {
+            return Err(fail("not_in_room", format!("you are not in {room:?}")));
+        }
+        self.remove_member(ctx, key, room);
+        let left = self.stamp("left", "server".into(), json!({ "room": room }));
+        self.send_to_user(ctx, key, &Frame::text(&left.to_string()));
+        Ok(())
+    }
+
+    /// Takes a user out of a room and tells the other members.
+    fn remove_member(&mut self, ctx: &mut Ctx<'_, Conn>, key: u64, room: &str) {
+        if let Some(user) = self.users.get_mut(&key) {
+            user.rooms.remove(room);
+        }
+        if let Some(r) = self.rooms.get_mut(room) {
+            r.members.remove(&key);
+            r.last_active = Instant::now();
+        }
+        self.count_changed(ctx, room);
+        let from = self.user_ref(key);
+        let presence = self.stamp("presence", from, json!({ "event": "leave", "room": room }));
+        self.send_to_room(ctx, room, Some(key), &Frame::text(&presence.to_string()));
+    }
+
+    // ----- room counts -----
+
+    fn count_changed(&mut self, ctx: &mut Ctx<'_, Conn>, room: &str) {
+        if self.opts.room_counts_interval.is_zero() {
+            return;
+        }
+        self.counts_dirty.insert(room.to_owned());
+        if !self.counts_timer {
+            self.counts_timer = true;
+            ctx.set_timer(self.opts.room_counts_interval, TIMER_ROOM_COUNTS);
+        }
+    }
+
+    /// One `room_counts` to everyone with the rooms that changed: however many joins and
+    /// leaves happened (a reconnect storm), each connection gets at most one per interval.
+    fn send_room_counts(&mut self, ctx: &mut Ctx<'_, Conn>) {
+        self.counts_timer = false;
+        if self.counts_dirty.is_empty() {
+            return;
+        }
+        let rooms: Vec<Value> = std::mem::take(&mut self.counts_dirty)
+            .into_iter()
+            .map(|name| match self.rooms.get(&name) {
+                Some(r) => json!({ "name": name, "members": r.members.len() }),
+                None => json!({ "name": name, "members": 0, "removed": true }),
+            })
+            .collect();
+        let v = self.stamp("room_counts", "server".into(), json!({ "rooms": rooms }));
+        ctx.broadcast_to(&Frame::text(&v.to_string()), |_, c| c.user.is_some());
+    }
+
+    // ----- users coming and going -----
+
+    /// Admits a new connection as a user (and whether the user just came online), or says
+    /// why not (with the close code).
+    fn admit(
+        &mut self,
+        ctx: &mut Ctx<'_, Conn>,
+        id: ConnId,
+        join: JoinRequest,
+    ) -> Result<(u64, bool), (Fail, u16)> {
+        let known = join
+            .token
+            .as_deref()
+            .and_then(|t| self.by_token.get(t))
+            .copied();
+        if let Some(key) = known {
+            let user = self.users.get_mut(&key).expect("token of a known user");
+            match user.presence {
+                Presence::Online | Presence::Grace(_) => {
+                    // Another tab (or a reload): same user, same name, same rooms.
+                    if user.conns.len() >= self.opts.max_connections_per_user {
+                        return Err((
+                            fail(
+                                "too_many_connections",
+                                format!(
+                                    "you have {} connections open already",
+                                    self.opts.max_connections_per_user
+                                ),
+                            ),
+                            close::TOO_MANY_CONNECTIONS,
+                        ));
+                    }
+                    if let Presence::Grace(timer) = user.presence {
+                        ctx.cancel_timer(timer);
+                    }
+                    user.presence = Presence::Online;
+                    user.conns.push(id);
+                    return Ok((key, false));
+                }
+                Presence::Offline(_) => {
+                    // Back after a while: same id, possibly a new name.
+                    let name = self.free_name(join.name)?;
+                    self.users.get_mut(&key).expect("user").name = name;
+                    self.come_online(key, id);
+                    return Ok((key, true));
+                }
+            }
+        }
+        let name = self.free_name(join.name)?;
+        let key = self.next_key;
+        self.next_key += 1;
+        let user = User {
+            id: random_hex(8),
+            token: random_hex(16),
+            name,
+            conns: Vec::new(),
+            rooms: BTreeSet::new(),
+            presence: Presence::Offline(Instant::now()),
+        };
+        self.by_id.insert(user.id.clone(), key);
+        self.by_token.insert(user.token.clone(), key);
+        self.users.insert(key, user);
+        self.totals.users_created += 1;
+        self.forget_sessions(Instant::now());
+        self.come_online(key, id);
+        Ok((key, true))
+    }
+
+    /// A valid name that no present user has.
+    fn free_name(&self, name: Option<String>) -> Result<String, (Fail, u16)> {
+        let name = check_name(name.as_deref()).map_err(|f| (f, close::INVALID_NAME))?;
+        if self.by_name.contains_key(&name.to_lowercase()) {
+            return Err((
+                fail(
+                    "name_taken",
+                    format!("{name:?} is taken: pick another name"),
+                ),
+                close::NAME_TAKEN,
+            ));
+        }
+        Ok(name)
+    }
+
+    fn come_online(&mut self, key: u64, id: ConnId) {
+        let user = self.users.get_mut(&key).expect("user");
+        user.presence = Presence::Online;
+        user.conns.push(id);
+        self.by_name.insert(user.name.to_lowercase(), key);
+        log::info!("{} ({}) is online", user.name, user.id);
+    }
+
+    fn go_offline(&mut self, ctx: &mut Ctx<'_, Conn>, key: u64) {
+        let rooms: Vec<String> = match self.users.get(&key) {
+            Some(u) => u.rooms.iter().cloned().collect(),
+            None => return,
+        };
+        for room in rooms {
+            self.remove_member(ctx, key, &room);
+        }
+        let now = Instant::now();
+        let user = self.users.get_mut(&key).expect("user");
+        user.presence = Presence::Offline(now);
+        let lower = user.name.to_lowercase();
+        log::info!("{} ({}) is offline", user.name, user.id);
+        if self.by_name.get(&lower) == Some(&key) {
+            self.by_name.remove(&lower);
+        }
+        self.offline.push_back((key, now));
+    }
+
+    /// Forgets users offline for longer than the session TTL, and the longest-offline ones
+    /// while there are too many users.
+    fn forget_sessions(&mut self, now: Instant) {
+        while let Some(&(key, since)) = self.offline.front() {
+            let current = matches!(
+                self.users.get(&key).map(|u| &u.presence),
+                Some(Presence::Offline(s)) if *s == since
+            );
+            if current {
+                let expired = now.duration_since(since) >= self.opts.session_ttl;
+                if !expired && self.users.len() <= self.opts.max_sessions {
+                    return;
+                }
+                let user = self.users.remove(&key).expect("user");
+                self.by_id.remove(&user.id);
+                self.by_token.remove(&user.token);
+            }
+            self.offline.pop_front();
+        }
+    }
+
+    // ----- abuse -----
+
+    /// Takes one message from the connection's allowance.
+    fn allow(&self, ctx: &mut Ctx<'_, Conn>, id: ConnId) -> bool {
+        let Some(c) = ctx.data_mut(id) else {
+            return false;
+        };
+        let now = Instant::now();
+        let refill = now.duration_since(c.refilled).as_secs_f64() * self.opts.per_second;
+        c.allowance = (c.allowance + refill).min(self.opts.burst);
+        c.refilled = now;
+        if c.allowance >= 1.0 {
+            c.allowance -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Sends an `error`, and closes a connection that has had too many of them lately.
+    fn refuse(&mut self, ctx: &mut Ctx<'_, Conn>, id: ConnId, f: Fail) {
+        self.totals.errors += 1;
+        let frame = self.error_frame(&f);
+        let _ = ctx.send(id, &frame);
+        let (max, window) = (self.opts.max_errors, self.opts.error_window);
+        let Some(c) = ctx.data_mut(id) else {
+            return;
+        };
+        let now = Instant::now();
+        if now.duration_since(c.window_start) > window {
+            c.window_start = now;
+            c.errors = 0;
+        }
+        c.errors += 1;
+        if c.errors > max {
+            self.totals.abuse_closes += 1;
+            let _ = if f.code == "rate_limited" {
+                ctx.close(id, close::FLOODING, "flooding")
+            } else {
+                ctx.close(id, close::TOO_MANY_ERRORS, "too many errors")
+            };
+        }
+    }
+
+    // ----- HTTP -----
+
+    fn push(&mut self, ctx: &mut Ctx<'_, Conn>, req: &Request<'_>) -> Response {
+        if req.method() != "POST" {
+            return json_error(405, "method_not_allowed", "use POST").header("Allow", "POST");
+        }
+        if let Some(token) = &self.opts.push_token {
+            let given = req
+                .header("authorization")
+                .and_then(|h| h.strip_prefix("Bearer "))
+                .map(str::trim);
+            if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes())) {
+                return json_error(401, "unauthorized", "missing or wrong bearer token")
+                    .header("WWW-Authenticate", "Bearer realm=\"chat\"");
+            }
+        }
+        match self.push_body(ctx, req.body()) {
+            Ok((delivered, seq)) => Response::json(
+                200,
+                json!({ "ok": true, "delivered": delivered, "seq": seq }).to_string(),
+            ),
+            Err((status, f)) => json_error(status, f.code, &f.message),
+        }
+    }
+
+    /// Delivers a push; returns how many connections it reached and its `seq`.
+    fn push_body(
+        &mut self,
+        ctx: &mut Ctx<'_, Conn>,
+        body: &[u8],
+    ) -> Result<(usize, u64), (u16, Fail)> {
+        let bad = |f: Fail| (400, f);
+        let value: Value = serde_json::from_slice(body)
+            .map_err(|e| bad(fail("bad_json", format!("body is not valid JSON: {e}"))))?;
+        let Value::Object(obj) = value else {
+            return Err(bad(fail("bad_json", "body must be a JSON object")));
+        };
+        let text = self.text_field(&obj).map_err(bad)?;
+        let sender = match obj.get("from") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(check_name(Some(s)).map_err(|_| {
+                bad(fail(
+                    "bad_field",
+                    "'from' must be 1 to 32 characters, without control characters",
+                ))
+            })?),
+            Some(_) => return Err(bad(fail("bad_field", "field 'from' must be a string"))),
+        };
+        let targets = ["room", "user", "all"]
+            .iter()
+            .filter(|t| obj.contains_key(**t))
+            .count();
+        if targets != 1 {
+            return Err(bad(fail(
+                "bad_target",
+                "give exactly one of 'room', 'user' or 'all'",
+            )));
+        }
+        let mut body = json!({ "text": text });
+        if let Some(s) = &sender {
+            body["sender"] = s.as_str().into();
+        }
+        self.totals.pushes += 1;
+        if obj.contains_key("room") {
+            let room = room_field(&obj).map_err(bad)?;
+            if !self.rooms.contains_key(&room) {
+                return Err((404, fail("unknown_room", format!("no room named {room:?}"))));
+            }
+            body["scope"] = "room".into();
+            body["room"] = room.as_str().into();
+            let msg = self.stamp("push", "server".into(), body);
+            let delivered = self.publish(ctx, &room, msg);
+            Ok((delivered, self.seq))
+        } else if obj.contains_key("user") {
+            let who = str_field(&obj, "user").map_err(bad)?;
+            let key = self.find_user(who).map_err(|f| (404, f))?;
+            body["scope"] = "user".into();
+            body["to"] = self.user_ref(key);
+            let msg = self.stamp("push", "server".into(), body);
+            let delivered = self.send_to_user(ctx, key, &Frame::text(&msg.to_string()));
+            Ok((delivered, self.seq))
+        } else {
+            if obj.get("all") != Some(&Value::Bool(true)) {
+                return Err(bad(fail("bad_field", "field 'all' must be true")));
+            }
+            body["scope"] = "all".into();
+            let msg = self.stamp("push", "server".into(), body);
+            let delivered = ctx
+                .broadcast_to(&Frame::text(&msg.to_string()), |_, c| c.user.is_some())
+                .queued;
+            Ok((delivered, self.seq))
+        }
+    }
+
+    fn stats(&self, ctx: &Ctx<'_, Conn>) -> Response {
+        let s = ctx.stats();
+        let online = self.users.values().filter(|u| !u.conns.is_empty()).count();
+        let body = json!({
+            "connections": s.open_connections,
+            "tcp_connections": s.tcp_connections,
+            "handshakes_accepted": s.handshakes_accepted,
+            "http_responses": s.http_responses,
+            "messages_in": s.messages_in,
+            "messages_out": s.messages_out,
+            "bytes_in": s.bytes_in,
+            "bytes_out": s.bytes_out,
+            "queued_bytes": s.queued_bytes,
+            "peak_queued_bytes": s.peak_queued_bytes,
+            "dropped_messages": s.dropped_messages,
+            "slow_consumer_closes": s.slow_consumer_closes,
+            "protocol_errors": s.protocol_errors,
+            "timeouts": {
+                "handshake": s.handshake_timeouts,
+                "pong": s.pong_timeouts,
+                "close": s.close_timeouts,
+                "write_stall": s.write_stall_timeouts,
+            },
+            "rejections": {
+                "total": s.rejected.total(),
+                "bad_request": s.rejected.bad_request,
+                "forbidden": s.rejected.forbidden,
+                "not_found": s.rejected.not_found,
+                "method_not_allowed": s.rejected.method_not_allowed,
+                "content_too_large": s.rejected.content_too_large,
+                "upgrade_required": s.rejected.upgrade_required,
+                "header_too_large": s.rejected.header_too_large,
+                "unavailable": s.rejected.unavailable,
+                "other": s.rejected.other,
+            },
+            "chat": {
+                "users_online": online,
+                "users_present": self.by_name.len(),
+                "users_known": self.users.len(),
+                "users_created": self.totals.users_created,
+                "rooms": self.rooms.len(),
+                "room_messages": self.totals.room_messages,
+                "direct_messages": self.totals.direct_messages,
+                "pushes": self.totals.pushes,
+                "errors": self.totals.errors,
+                "abuse_closes": self.totals.abuse_closes,
+                "seq": self.seq,
+            },
+        });
+        Response::json(200, body.to_string()).header("Cache-Control", "no-store")
+    }
+}
+
+impl Room {
+    fn new() -> Room {
+        Room {
+            members: HashSet::new(),
+            history: VecDeque::new(),
+            history_bytes: 0,
+            last_active: Instant::now(),
+        }
+    }
+
+    fn remember(&mut self, msg: Value, len: usize, opts: &Options) {
+        self.last_active = Instant::now();
+        if opts.history == 0 {
+            return;
+        }
+        self.history.push_back((msg, len));
+        self.history_bytes += len;
+        while self.history.len() > opts.history || self.history_bytes > opts.history_bytes {
+            match self.history.pop_front() {
+                Some((_, n)) => self.history_bytes -= n,
+                None => break,
+            }
+        }
+    }
+}
+
+impl Handler for Chat {
+    type Data = Conn;
+
+    fn on_request(&mut self, ctx: &mut Ctx<'_, Conn>, req: &Request<'_>) -> Reply<Conn> {
+        let get_only = |req: &Request<'_>| {
+            (req.method() != "GET")
+                .then(|| Reply::Respond(Response::text(405, "use GET").header("Allow", "GET")))
+        };
+        match req.path() {
+            "/" => get_only(req).unwrap_or_else(|| {
+                Reply::Respond(
+                    Response::html(PAGE)
+                        .header("Cache-Control", "no-cache")
+                        .header("X-Content-Type-Options", "nosniff")
+                        .header("Referrer-Policy", "no-referrer")
+                        .header(
+                            "Content-Security-Policy",
+                            "default-src 'none'; script-src 'unsafe-inline'; \
+                             style-src 'unsafe-inline'; connect-src 'self'; img-src data:; \
+                             base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+                        ),
+                )
+            }),
+            "/ws" => {
+                // A page from another site may not connect in its visitor's name.
+                if let (Some(origin), Some(host)) = (req.origin(), req.header("host")) {
+                    let ours = [format!("http://{host}"), format!("https://{host}")];
+                    if !ours.iter().any(|o| o.eq_ignore_ascii_case(origin)) {
+                        return Reply::Respond(Response::text(403, "origin not allowed"));
+                    }
+                }
+                let param = |key: &str| {
+                    req.query()
+                        .and_then(|q| query_param(q, key))
+                        .and_then(percent_decode)
+                };
+                let now = Instant::now();
+                Reply::accept(Conn {
+                    join: Some(JoinRequest {
+                        name: param("name"),
+                        token: param("token"),
+                    }),
+                    user: None,
+                    allowance: self.opts.burst,
+                    refilled: now,
+                    errors: 0,
+                    window_start: now,
+                })
+            }
+            "/push" => Reply::Respond(self.push(ctx, req)),
+            "/stats" => get_only(req).unwrap_or_else(|| Reply::Respond(self.stats(ctx))),
+            _ => Reply::Respond(Response::text(
+                404,
+                "not found: the chat serves GET /, /ws, POST /push and GET /stats",
+            )),
+        }
+    }
+
+    fn on_open(&mut self, ctx: &mut Ctx<'_, Conn>, id: ConnId) {
+        if !self.sweep_timer {
+            self.sweep_timer = true;
+            ctx.set_timer(SWEEP_EVERY, TIMER_SWEEP);
+        }
+        let Some(join) = ctx.data_mut(id).and_then(|c| c.join.take()) else {
+            return;
+        };
+        match self.admit(ctx, id, join) {
+            Ok((key, came_online)) => {
+                if let Some(c) = ctx.data_mut(id) {
+                    c.user = Some(key);
+                }
+                let user = &self.users[&key];
+                let body = json!({
+                    "you": { "id": user.id, "name": user.name },
+                    "token": user.token,
+                    "rooms": user.rooms.iter().collect::<Vec<_>>(),
+                    "instance": self.instance,
+                    "limits": {
+                        "history": self.opts.history,
+                        "text_chars": self.opts.max_text_chars,
+                        "name_chars": MAX_NAME_CHARS,
+                        "rooms_per_user": self.opts.max_rooms_per_user,
+                        "burst": self.opts.burst,
+                        "per_second": self.opts.per_second,
+                    },
+                });
+                let v = self.stamp("welcome", "server".into(), body);
+                let _ = ctx.send(id, &Frame::text(&v.to_string()));
+                if came_online {
+                    // Into the lobby: this connection gets `joined`, the lobby `presence`.
+                    if let Err(f) = self.join(ctx, key, LOBBY, None) {
+                        log::info!(
+                            "{} is not in the lobby: {}",
+                            self.users[&key].name,
+                            f.message
+                        );
+                    }
+                }
+            }
+            Err((f, code)) => {
+                self.totals.errors += 1;
+                let frame = self.error_frame(&f);
+                let _ = ctx.send(id, &frame);
+                let _ = ctx.close(id, code, f.code);
+            }
+        }
+    }
+
+    fn on_message(&mut self, ctx: &mut Ctx<'_, Conn>, id: ConnId, msg: Message) {
+        let Some(key) = ctx.data(id).and_then(|c| c.user) else {
+            return;
+        };
+        if !self.allow(ctx, id) {
+            let f = fail(
+                "rate_limited",
+                format!(
+                    "slow down: at most {} messages per second",
+                    self.opts.per_second
+                ),
+            );
+            return self.refuse(ctx, id, f);
+        }
+        let result = match &msg {
+            Message::Text(text) => self.request(ctx, id, key, text),
+            Message::Binary(_) => Err(fail("binary_not_supported", "send JSON in text messages")),
+        };
+        if let Err(f) = result {
+            self.refuse(ctx, id, f);
+        }
+    }
+
+    fn on_close(&mut self, ctx: &mut Ctx<'_, Conn>, id: ConnId, _: CloseInfo, data: Conn) {
+        let Some(key) = data.user else {
+            return;
+        };
+        let Some(user) = self.users.get_mut(&key) else {
+            return;
+        };
+        user.conns.retain(|&c| c != id);
+        if !user.conns.is_empty() {
+            return;
+        }
+        if self.opts.offline_grace.is_zero() {
+            self.go_offline(ctx, key);
+        } else {
+            let timer = ctx.set_timer(self.opts.offline_grace, TIMER_GRACE + key);
+            user.presence = Presence::Grace(timer);
+        }
+    }
+
+    fn on_timer(&mut self, ctx: &mut Ctx<'_, Conn>, token: u64) {
+        match token {
+            TIMER_SWEEP => {
+                self.forget_sessions(Instant::now());
+                ctx.set_timer(SWEEP_EVERY, TIMER_SWEEP);
+            }
+            TIMER_ROOM_COUNTS => self.send_room_counts(ctx),
+            t if t > TIMER_GRACE => {
+                let key = t - TIMER_GRACE;
+                let due = self.users.get(&key).is_some_and(|u| {
+                    u.conns.is_empty() && matches!(u.presence, Presence::Grace(_))
+                });
+                if due {
+                    self.go_offline(ctx, key);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+// ----- validation -----
+
+fn str_field<'a>(obj: &'a Map<String, Value>, name: &str) -> Result<&'a str, Fail> {
+    match obj.get(name) {
+        None | Some(Value::Null) => {
+            Err(fail("missing_field", format!("field '{name}' is required")))
+        }
+        Some(Value::String(s)) => Ok(s),
+        Some(_) => Err(fail(
+            "bad_field",
+            format!("field '{name}' must be a string"),
+        )),
+    }
+}
+
+/// The `room` field, validated and lower-cased.
+fn room_field(obj: &Map<String, Value>) -> Result<String, Fail> {
+    let room = str_field(obj, "room")?;
+    let valid = (1..=MAX_NAME_CHARS).contains(&room.len())
+        && room
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if !valid {
+        return Err(fail(
+            "invalid_room",
+            "room names are 1 to 32 letters, digits, '-' or '_'",
+        ));
+    }
+    Ok(room.to_ascii_lowercase())
+}
+
+fn check_text(text: &str, max_chars: usize) -> Result<(), Fail> {
+    if text.trim().is_empty() {
+        return Err(fail("empty_text", "text is empty"));
+    }
+    let chars = text.chars().count();
+    if chars > max_chars {
+        return Err(fail(
+            "text_too_long",
+            format!("text is {chars} characters; at most {max_chars}"),
+        ));
+    }
+    Ok(())
+}
+
+/// A user name: trimmed, 1 to 32 characters, no control characters.
+fn check_name(name: Option<&str>) -> Result<String, Fail> {
+    let Some(name) = name.map(str::trim).filter(|n| !n.is_empty()) else {
+        return Err(fail(
+            "invalid_name",
+            "a name is required: connect to /ws?name=YOUR_NAME",
+        ));
+    };
+    if name.chars().count() > MAX_NAME_CHARS || name.chars().any(char::is_control) {
+        return Err(fail(
+            "invalid_name",
+            "names are 1 to 32 characters, without control characters",
+        ));
+    }
+    Ok(name.to_owned())
+}
+
+// ----- small helpers -----
+
+fn json_error(status: u16, code: &str, message: &str) -> Response {
+    Response::json(
+        status,
+        json!({ "ok": false, "error": code, "message": message }).to_string(),
+    )
+}
+
+/// The raw value of `key` in a query string (`a=1&b=2`).
+fn query_param<'a>(query: &'a str, key: &str) -> Option<&'a str> {
+    query
+        .split('&')
+        .filter_map(|pair| pair.split_once('=').or(Some((pair, ""))))
+        .find(|(k, _)| *k == key)
+        .map(|(_, v)| v)
+}
+
+/// `application/x-www-form-urlencoded` decoding: `+` is a space, `%XX` a byte; the result
+/// must be UTF-8.
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = bytes.get(i + 1..i + 3)?;
+                let hex = std::str::from_utf8(hex).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 2;
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).ok()
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// `n` random bytes as hex, from the OS (std's randomly keyed hasher if /dev/urandom is
+/// not there).
+fn random_hex(n: usize) -> String {
+    let mut bytes = vec![0u8; n];
+    let urandom = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes));
+    if urandom.is_err() {
+        use std::hash::{BuildHasher, Hasher};
+        for (i, chunk) in bytes.chunks_mut(8).enumerate() {
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_usize(i);
+            h.write_u128(now_ms() as u128);
+            chunk.copy_from_slice(&h.finish().to_le_bytes()[..chunk.len()]);
+        }
+    }
+    bytes.iter().fold(String::with_capacity(2 * n), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}

@@ -1,0 +1,1141 @@
+//! The chat example's protocol, end to end: the hub from `examples/chat/hub.rs` on a test
+//! server, real tungstenite clients and raw HTTP on loopback. Every read has a timeout
+//! (common::IO_TIMEOUT), so a missing message fails a test instead of hanging it.
+//!
+//! "Nothing else arrived" is checked with a fence: after the step under test, a message
+//! everyone can see is sent, and it must be the very next thing each client reads.
+
+mod common;
+
+#[path = "../examples/chat/hub.rs"]
+#[allow(dead_code)]
+mod hub;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use common::*;
+use hub::{Chat, Options, close};
+use serde_json::{Value, json};
+use tungstenite::Message;
+
+type Server = TestServer<Chat>;
+
+/// Test options: no grace period, no pushed room counts (they arrive on a timer), so every
+/// exchange is deterministic. Tests that need those turn them on.
+fn opts() -> Options {
+    Options {
+        offline_grace: Duration::ZERO,
+        room_counts_interval: Duration::ZERO,
+        ..Options::default()
+    }
+}
+
+fn chat(opts: Options) -> Server {
+    start(hub::config(), Chat::new(opts))
+}
+
+/// A client: the socket, and the last `seq` it saw (every server message has a higher one).
+struct C {
+    ws: Client,
+    seq: u64,
+    id: String,
+    name: String,
+    token: String,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// Removes `ts` and `seq` (after checking them) from a message and its history items.
+fn strip(mut v: Value) -> Value {
+    if let Some(obj) = v.as_object_mut() {
+        let ts = obj.remove("ts").and_then(|t| t.as_u64()).expect("ts");
+        assert!(ts.abs_diff(now_ms()) < 60_000, "ts {ts} is not now");
+        obj.remove("seq").and_then(|s| s.as_u64()).expect("seq");
+        if let Some(Value::Array(items)) = obj.get_mut("history") {
+            for item in items.iter_mut() {
+                *item = strip(item.take());
+            }
+        }
+    }
+    v
+}
+
+impl C {
+    /// Connects to `/ws?QUERY` and expects either a welcome (→ Ok) or an error (→ Err
+    /// with the error and the close code).
+    fn try_connect(server: &Server, query: &str) -> Result<C, (Value, u16)> {
+        let mut c = C {
+            ws: connect(&server.url(&format!("/ws?{query}"))),
+            seq: 0,
+            id: String::new(),
+            name: String::new(),
+            token: String::new(),
+        };
+        let first = c.recv_full();
+        if first["type"] == "error" {
+            let code = c.expect_close();
+            return Err((strip(first), code));
+        }
+        assert_eq!(first["type"], "welcome", "{first}");
+        c.id = first["you"]["id"].as_str().unwrap().to_owned();
+        c.name = first["you"]["name"].as_str().unwrap().to_owned();
+        c.token = first["token"].as_str().unwrap().to_owned();
+        Ok(c)
+    }
+
+    /// A new user named `name`, welcomed and put into the lobby.
+    fn new(server: &Server, name: &str) -> C {
+        let mut c = C::try_connect(server, &format!("name={name}")).expect("welcome");
+        c.expect_joined("lobby");
+        c
+    }
+
+    /// The next message is the `joined` state of `room`; returns it.
+    fn expect_joined(&mut self, room: &str) -> Value {
+        let v = self.recv();
+        assert_eq!(
+            (v["type"].as_str(), v["room"].as_str()),
+            (Some("joined"), Some(room)),
+            "{v}"
+        );
+        v
+    }
+
+    /// Another connection (tab) of this user.
+    fn tab(&self, server: &Server) -> C {
+        C::try_connect(server, &format!("name={}&token={}", self.name, self.token))
+            .expect("welcome")
+    }
+
+    fn send(&mut self, v: Value) {
+        self.ws.send(Message::text(v.to_string())).expect("send");
+    }
+
+    fn recv_full(&mut self) -> Value {
+        let text = next_text(&mut self.ws);
+        let v: Value = serde_json::from_str(&text).expect("server sent JSON");
+        let seq = v["seq"].as_u64().expect("every message has a seq");
+        assert!(seq > self.seq, "seq went from {} to {seq}: {v}", self.seq);
+        self.seq = seq;
+        v
+    }
+
+    /// The next message without `ts` and `seq`.
+    fn recv(&mut self) -> Value {
+        strip(self.recv_full())
+    }
+
+    /// The next message must be a close frame; returns its code.
+    fn expect_close(&mut self) -> u16 {
+        match next_data(&mut self.ws) {
+            Message::Close(Some(frame)) => u16::from(frame.code),
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    }
+
+    fn me(&self) -> Value {
+        json!({ "id": self.id, "name": self.name })
+    }
+
+    /// Joins (or re-reads) a room; returns the `joined` state.
+    fn join(&mut self, room: &str) -> Value {
+        self.send(json!({ "type": "join", "room": room }));
+        let v = self.recv();
+        assert_eq!(v["type"], "joined", "{v}");
+        v
+    }
+
+    fn say(&mut self, room: &str, text: &str) {
+        self.send(json!({ "type": "say", "room": room, "text": text }));
+    }
+
+    /// Sends `request` and expects an error with `code`.
+    fn expect_error(&mut self, request: Value, code: &str) {
+        self.send(request.clone());
+        self.expect_error_reply(code, &request.to_string());
+    }
+
+    fn expect_error_reply(&mut self, code: &str, what: &str) {
+        let v = self.recv();
+        assert_eq!(v["type"], "error", "{what}: {v}");
+        assert_eq!(v["code"], code, "{what}: {v}");
+        assert_eq!(v["from"], "server");
+        assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+    }
+
+    fn close(mut self) {
+        let _ = self.ws.close(None);
+        // Read until the server's close reply (or the end), so the close is finished.
+        while let Ok(m) = self.ws.read() {
+            if m.is_close() {
+                break;
+            }
+        }
+    }
+}
+
+fn message(from: &C, room: &str, text: &str) -> Value {
+    json!({ "type": "message", "from": from.me(), "room": room, "text": text })
+}
+
+fn presence(from: &C, event: &str, room: &str) -> Value {
+    json!({ "type": "presence", "from": from.me(), "event": event, "room": room })
+}
+
+/// A plain HTTP exchange: (status, head, body).
+fn http(
+    server: &Server,
+    method: &str,
+    path: &str,
+    headers: &str,
+    body: &str,
+) -> (u16, String, String) {
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Length: {}\r\n{headers}\r\n{body}",
+        server.addr,
+        body.len()
+    );
+    let response = raw_exchange(server.addr, request.as_bytes());
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").expect("a complete response");
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status");
+    (status, head.to_owned(), body.to_owned())
+}
+
+fn push(server: &Server, token: Option<&str>, body: &str) -> (u16, Value) {
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    let (status, _, body) = http(server, "POST", "/push", &auth, body);
+    (status, serde_json::from_str(&body).expect("JSON answer"))
+}
+
+// ----- joining -----
+
+#[test]
+fn welcome_then_lobby_state() {
+    let server = chat(opts());
+    let mut ann = C::try_connect(&server, "name=ann").unwrap();
+    assert_eq!(ann.id.len(), 16, "id is 8 random bytes in hex");
+    assert_eq!(ann.token.len(), 32, "token is 16 random bytes in hex");
+    assert!(
+        ann.id
+            .chars()
+            .chain(ann.token.chars())
+            .all(|c| c.is_ascii_hexdigit())
+    );
+    // Into the lobby, right after the welcome.
+    let state = json!({ "type": "joined", "from": "server", "room": "lobby",
+                        "members": [ann.me()], "history": [] });
+    assert_eq!(ann.recv(), state);
+    // Asking again gives the state again (a page does, for every room in its welcome).
+    assert_eq!(ann.join("lobby"), state);
+    // A fresh connection sees the whole welcome.
+    let mut raw = connect(&server.url("/ws?name=bob"));
+    let welcome: Value = serde_json::from_str(&next_text(&mut raw)).unwrap();
+    let welcome = strip(welcome);
+    let instance = welcome["instance"].as_str().unwrap();
+    assert_eq!(instance.len(), 8);
+    assert_eq!(
+        welcome,
+        json!({
+            "type": "welcome", "from": "server",
+            "you": { "id": welcome["you"]["id"], "name": "bob" },
+            "token": welcome["token"],
+            "rooms": [],
+            "instance": instance,
+            "limits": { "history": 50, "text_chars": 1000, "name_chars": 32,
+                        "rooms_per_user": 10, "burst": 20.0, "per_second": 5.0 },
+        })
+    );
+    // ann sees bob arrive in the lobby.
+    let bob_ref = welcome["you"].clone();
+    assert_eq!(
+        ann.recv(),
+        json!({ "type": "presence", "from": bob_ref, "event": "join", "room": "lobby" })
+    );
+}
+
+#[test]
+fn names_are_percent_decoded_and_trimmed() {
+    let server = chat(opts());
+    let c = C::new(&server, "J%C3%BCrgen+M%C3%BCller+");
+    assert_eq!(c.name, "Jürgen Müller");
+    let c2 = C::new(&server, "%3Cb%3Ebold%3C%2Fb%3E");
+    assert_eq!(
+        c2.name, "<b>bold</b>",
+        "names are text, any printable character"
+    );
+}
+
+#[test]
+fn names_are_unique_among_present_users_case_insensitively() {
+    let server = chat(opts());
+    let ann = C::new(&server, "Ann");
+    for taken in ["Ann", "ann", "ANN", "%20ann%20"] {
+        let (err, code) = C::try_connect(&server, &format!("name={taken}"))
+            .err()
+            .expect(taken);
+        assert_eq!(err["type"], "error");
+        assert_eq!(err["code"], "name_taken", "{taken}");
+        assert!(
+            err["message"]
+                .as_str()
+                .unwrap()
+                .ends_with("is taken: pick another name"),
+            "{err}"
+        );
+        assert_eq!(code, close::NAME_TAKEN);
+    }
+    // Gone (no grace here), the name is free again, for a different user.
+    let ann_id = ann.id.clone();
+    ann.close();
+    let again = wait_for_name(&server, "ANN");
+    assert_ne!(again.id, ann_id);
+}
+
+/// Connects as `name` once the previous holder is gone (its on_close runs after the close
+/// handshake, so a reconnect may briefly still find the name taken).
+fn wait_for_name(server: &Server, name: &str) -> C {
+    let mut result = None;
+    assert!(wait_until(IO_TIMEOUT, || {
+        match C::try_connect(server, &format!("name={name}")) {
+            Ok(c) => {
+                result = Some(c);
+                true
+            }
+            Err((e, _)) => {
+                assert_eq!(e["code"], "name_taken");
+                false
+            }
+        }
+    }));
+    result.unwrap()
+}
+
+#[test]
+fn invalid_names_are_refused_with_4001() {
+    let server = chat(opts());
+    let long = format!("name={}", "x".repeat(33));
+    for query in [
+        "",
+        "name=",
+        "name=+++",
+        "name=a%07b",
+        "name=tab%09in",
+        "name=%ZZ",
+        "name=%FF",
+        "nom=ann",
+        long.as_str(),
+    ] {
+        let (err, code) = C::try_connect(&server, query).err().expect(query);
+        assert_eq!(err["code"], "invalid_name", "{query}: {err}");
+        assert_eq!(code, close::INVALID_NAME, "{query}");
+    }
+    // 32 characters (of several bytes each) is fine.
+    let name = "é".repeat(32);
+    assert_eq!(C::new(&server, &name).name, name);
+}
+
+#[test]
+fn a_token_brings_back_the_same_identity() {
+    let server = chat(opts());
+    let ann = C::new(&server, "ann");
+    let (id, token) = (ann.id.clone(), ann.token.clone());
+    ann.close();
+    let mut back = None;
+    assert!(wait_until(IO_TIMEOUT, || {
+        match C::try_connect(&server, &format!("name=annie&token={token}")) {
+            Ok(c) => {
+                back = Some(c);
+                true
+            }
+            Err(_) => false,
+        }
+    }));
+    let back = back.unwrap();
+    assert_eq!(
+        (back.id.as_str(), back.name.as_str(), back.token.as_str()),
+        (id.as_str(), "annie", token.as_str())
+    );
+    // An unknown token is ignored: a new identity.
+    let stranger =
+        C::try_connect(&server, "name=zed&token=00000000000000000000000000000000").unwrap();
+    assert_ne!(stranger.token, "00000000000000000000000000000000");
+}
+
+#[test]
+fn a_user_has_a_bounded_number_of_connections() {
+    let server = chat(Options {
+        max_connections_per_user: 2,
+        ..opts()
+    });
+    let ann = C::new(&server, "ann");
+    let _tab = ann.tab(&server);
+    let (err, code) = C::try_connect(&server, &format!("name=ann&token={}", ann.token))
+        .err()
+        .unwrap();
+    assert_eq!(err["code"], "too_many_connections");
+    assert_eq!(code, close::TOO_MANY_CONNECTIONS);
+}
+
+// ----- rooms -----
+
+#[test]
+fn two_users_in_two_rooms_hear_only_their_rooms() {
+    let server = chat(opts());
+    let mut ann = C::new(&server, "ann");
+    let mut bob = C::new(&server, "bob");
+    assert_eq!(ann.recv(), presence(&bob, "join", "lobby"));
+
+    assert_eq!(
+        ann.join("Rust"),
+        json!({ "type": "joined", "from": "server", "room": "rust", "members": [ann.me()], "history": [] }),
+        "room names are case-insensitive: lower-cased"
+    );
+    assert_eq!(
+        bob.join("go"),
+        json!({ "type": "joined", "from": "server", "room": "go", "members": [bob.me()], "history": [] })
+    );
+    ann.say("rust", "borrowck says hi");
+    assert_eq!(ann.recv(), message(&ann, "rust", "borrowck says hi"));
+    bob.say("go", "gopher here");
+    assert_eq!(bob.recv(), message(&bob, "go", "gopher here"));
+    // Both in the lobby: both hear it, in the order sent, and nothing before it.
+    ann.say("lobby", "one");
+    bob.say("lobby", "two");
+    for c in [&mut ann, &mut bob] {
+        let first = c.recv();
+        let second = c.recv();
+        let texts = [first["text"].clone(), second["text"].clone()];
+        assert!(
+            texts == ["one", "two"] || texts == ["two", "one"],
+            "{texts:?}"
+        );
+        assert_eq!(first["room"], "lobby");
+        assert_eq!(second["room"], "lobby");
+    }
+    // ann cannot talk into go without joining it.
+    ann.expect_error(
+        json!({ "type": "say", "room": "go", "text": "hi" }),
+        "not_in_room",
+    );
+    // Joining it: bob sees ann arrive, ann gets the state with bob's message.
+    let state = ann.join("go");
+    assert_eq!(
+        state,
+        json!({ "type": "joined", "from": "server", "room": "go",
+                "members": [ann.me(), bob.me()],
+                "history": [message(&bob, "go", "gopher here")] })
+    );
+    assert_eq!(bob.recv(), presence(&ann, "join", "go"));
+    ann.say("go", "hello gophers");
+    assert_eq!(ann.recv(), message(&ann, "go", "hello gophers"));
+    assert_eq!(bob.recv(), message(&ann, "go", "hello gophers"));
+}
+
+#[test]
+fn leaving_a_room_tells_the_members_and_stops_delivery() {
+    let server = chat(opts());
+    let mut ann = C::new(&server, "ann");
+    let mut bob = C::new(&server, "bob");
+    assert_eq!(ann.recv(), presence(&bob, "join", "lobby"));
+    ann.join("rust");
+    bob.join("rust");
+    assert_eq!(ann.recv(), presence(&bob, "join", "rust"));
+
+    bob.send(json!({ "type": "leave", "room": "rust" }));
+    assert_eq!(
+        bob.recv(),
+        json!({ "type": "left", "from": "server", "room": "rust" })
+    );
+    assert_eq!(ann.recv(), presence(&bob, "leave", "rust"));
+    ann.say("rust", "anyone?");
+    assert_eq!(ann.recv(), message(&ann, "rust", "anyone?"));
+    // Fence: bob's next message is the lobby one, not the rust one.
+    ann.say("lobby", "fence");
+    assert_eq!(bob.recv(), message(&ann, "lobby", "fence"));
+    assert_eq!(ann.recv(), message(&ann, "lobby", "fence"));
+    bob.expect_error(json!({ "type": "leave", "room": "rust" }), "not_in_room");
+    bob.expect_error(
+        json!({ "type": "leave", "room": "nowhere" }),
+        "unknown_room",
+    );
+
+    // Disconnecting (no grace period here) leaves every room.
+    let bob_ref = bob.me();
+    bob.close();
+    assert_eq!(
+        ann.recv(),
+        json!({ "type": "presence", "from": bob_ref, "event": "leave", "room": "lobby" })
+    );
+}
+
+#[test]
+fn list_rooms_gives_every_room_with_its_member_count() {
+    let server = chat(opts());
+    let mut ann = C::new(&server, "ann");
+    let mut bob = C::new(&server, "bob");
+    ann.recv();
+    ann.join("rust");
+    ann.join("zig");
+    bob.join("rust");
+    ann.recv(); // bob joined rust
+    ann.send(json!({ "type": "leave", "room": "zig" }));
+    ann.recv(); // left
+    bob.send(json!({ "type": "list_rooms" }));
+    assert_eq!(
+        bob.recv(),
+        json!({ "type": "rooms", "from": "server", "rooms": [
+            { "name": "lobby", "members": 2 },
+            { "name": "rust", "members": 2 },
+            { "name": "zig", "members": 0 },
+        ]})
+    );
+}
+
+#[test]
+fn room_counts_are_pushed_coalesced() {
+    let server = chat(Options {
+        room_counts_interval: Duration::from_millis(50),
+        ..opts()
+    });
+    let mut ann = C::new(&server, "ann");
+    let mut bob = C::new(&server, "bob");
+    bob.join("rust");
+    // ann gets presence (bob in lobby) and, on the timer, room_counts with what changed;
+    // the first may still be from before bob. Read until the counts show bob everywhere.
+    let mut counts = std::collections::BTreeMap::new();
+    let mut pushes = 0;
+    while counts.get("lobby") != Some(&2) || counts.get("rust") != Some(&1) {
+        let v = ann.recv();
+        if v["type"] == "room_counts" {
+            pushes += 1;
+            assert_eq!(v["from"], "server");
+            for r in v["rooms"].as_array().unwrap() {
+                counts.insert(
+                    r["name"].as_str().unwrap().to_owned(),
+                    r["members"].as_u64().unwrap(),
+                );
+            }
+        } else {
+            assert_eq!(v, presence(&bob, "join", "lobby"));
+        }
+    }
+    assert!(pushes <= 3, "coalesced: {pushes} room_counts for 3 changes");
+}
+
+#[test]
+fn history_is_sent_on_joining_bounded_to_n() {
+    let server = chat(Options {
+        history: 3,
+        ..opts()
+    });
+    let mut ann = C::new(&server, "ann");
+    for i in 1..=5 {
+        ann.say("lobby", &format!("m{i}"));
+        assert_eq!(ann.recv()["text"], format!("m{i}"));
+    }
+    let mut bob = C::new(&server, "bob");
+    let state = bob.join("lobby");
+    let history = state["history"].as_array().unwrap();
+    assert_eq!(
+        history,
+        &[
+            message(&ann, "lobby", "m3"),
+            message(&ann, "lobby", "m4"),
+            message(&ann, "lobby", "m5")
+        ]
+    );
+    // Items keep their original seq (and ts), increasing, below the joined frame's seq.
+    let full = {
+        bob.send(json!({ "type": "join", "room": "lobby" }));
+        bob.recv_full()
+    };
+    let seqs: Vec<u64> = full["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["seq"].as_u64().unwrap())
+        .collect();
+    assert!(
+        seqs.windows(2).all(|w| w[0] < w[1]) && seqs[2] < full["seq"].as_u64().unwrap(),
+        "{seqs:?}"
+    );
+}
+
+#[test]
+fn a_reconnecting_user_sees_what_it_missed() {
+    let server = chat(opts());
+    let mut ann = C::new(&server, "ann");
+    let mut bob = C::new(&server, "bob");
+    ann.recv();
+    ann.join("rust");
+    bob.join("rust");
+    ann.recv();
+    let token = bob.token.clone();
+    bob.close();
+    assert_eq!(ann.recv()["event"], "leave");
+    assert_eq!(ann.recv()["event"], "leave");
+    ann.say("rust", "while you were out");
+    ann.recv();
+    let mut bob = C::try_connect(&server, &format!("name=bob&token={token}")).unwrap();
+    // Offline past the grace period: back in the lobby only; the page rejoins rust.
+    bob.expect_joined("lobby");
+    let state = bob.join("rust");
+    assert_eq!(
+        state["history"],
+        json!([message(&ann, "rust", "while you were out")])
+    );
+}
+
+#[test]
+fn the_grace_period_hides_a_reload_from_the_others() {
+    let server = chat(Options {
+        offline_grace: Duration::from_millis(1500),
+        ..opts()
+    });
+    let mut ann = C::new(&server, "ann");
+    let mut bob = C::new(&server, "bob");
+    ann.recv();
+    bob.join("rust");
+    let token = bob.token.clone();
+    let bob_ref = bob.me();
+    bob.close();
+    // A reload: back within the grace period, still in rust, same name; nobody saw a leave.
+    let mut bob = C::try_connect(&server, &format!("name=whatever&token={token}")).unwrap();
+    assert_eq!(bob.me(), bob_ref);
+    ann.say("lobby", "fence");
+    assert_eq!(ann.recv(), message(&ann, "lobby", "fence"));
+    assert_eq!(bob.recv(), message(&ann, "lobby", "fence"));
+    // The name stays taken while bob is present.
+    let (err, _) = C::try_connect(&server, "name=bob").err().unwrap();
+    assert_eq!(err["code"], "name_taken");
+    // Gone for good: the others see bob leave once the grace period is over.
+    bob.close();
+    let start = std::time::Instant::now();
+    assert_eq!(
+        ann.recv(),
+        json!({ "type": "presence", "from": bob_ref, "event": "leave", "room": "lobby" })
+    );
+    assert!(
+        start.elapsed() >= Duration::from_millis(1000),
+        "{:?}",
+        start.elapsed()
+    );
+}
+
+// ----- private messages -----
+
+#[test]
+fn private_messages_reach_every_tab_of_both_users() {
+    let server = chat(opts());
+    let mut ann1 = C::new(&server, "ann");
+    let mut ann2 = ann1.tab(&server);
+    let mut bob = C::new(&server, "bob");
+    assert_eq!(ann1.recv(), presence(&bob, "join", "lobby"));
+    assert_eq!(ann2.recv(), presence(&bob, "join", "lobby"));
+
+    // By name, case-insensitively.
+    bob.send(json!({ "type": "dm", "to": "ANN", "text": "psst" }));
+    let dm = json!({ "type": "dm", "from": bob.me(), "to": ann1.me(), "text": "psst" });
+    assert_eq!(ann1.recv(), dm);
+    assert_eq!(ann2.recv(), dm);
+    assert_eq!(bob.recv(), dm, "echoed to the sender");
+    // By id, from one tab: the other tab gets the echo.
+    ann1.send(json!({ "type": "dm", "to": bob.id, "text": "hi bob" }));
+    let dm = json!({ "type": "dm", "from": ann1.me(), "to": bob.me(), "text": "hi bob" });
+    assert_eq!(bob.recv(), dm);
+    assert_eq!(ann1.recv(), dm);
+    assert_eq!(ann2.recv(), dm);
+
+    // Errors: nobody by that name or id; a user who is gone.
+    bob.expect_error(
+        json!({ "type": "dm", "to": "carol", "text": "?" }),
+        "unknown_user",
+    );
+    bob.expect_error(
+        json!({ "type": "dm", "to": "0123456789abcdef", "text": "?" }),
+        "unknown_user",
+    );
+    let carol = C::new(&server, "carol");
+    let carol_id = carol.id.clone();
+    for c in [&mut ann1, &mut ann2, &mut bob] {
+        assert_eq!(c.recv()["event"], "join");
+    }
+    carol.close();
+    for c in [&mut ann1, &mut ann2, &mut bob] {
+        assert_eq!(c.recv()["event"], "leave");
+    }
+    bob.expect_error(
+        json!({ "type": "dm", "to": carol_id, "text": "?" }),
+        "user_offline",
+    );
+}
+
+#[test]
+fn a_users_tabs_share_its_rooms() {
+    let server = chat(opts());
+    let mut tab1 = C::new(&server, "ann");
+    let mut tab2 = tab1.tab(&server);
+    // tab2 joins: both tabs get the room's state.
+    let state = tab2.join("rust");
+    assert_eq!(tab1.recv(), state);
+    tab1.say("rust", "from tab 1");
+    assert_eq!(tab1.recv(), message(&tab1, "rust", "from tab 1"));
+    assert_eq!(tab2.recv(), message(&tab1, "rust", "from tab 1"));
+    // A third tab is told about both rooms in its welcome.
+    let mut raw = connect(&server.url(&format!("/ws?token={}", tab1.token)));
+    let welcome: Value = serde_json::from_str(&next_text(&mut raw)).unwrap();
+    assert_eq!(welcome["rooms"], json!(["lobby", "rust"]));
+    assert_eq!(
+        welcome["you"],
+        tab1.me(),
+        "a tab needs no name, the token says who"
+    );
+    // Closing one tab changes nothing for the others.
+    tab2.close();
+    tab1.say("rust", "still here");
+    assert_eq!(tab1.recv(), message(&tab1, "rust", "still here"));
+}
+
+// ----- errors -----
+
+#[test]
+fn every_bad_request_gets_a_specific_error_and_the_connection_stays() {
+    let server = chat(Options {
+        max_errors: 1000,
+        burst: 1000.0,
+        max_rooms_per_user: 3,
+        ..opts()
+    });
+    let mut ann = C::new(&server, "ann");
+    let cases: Vec<(&str, &str)> = vec![
+        ("hello", "bad_json"),
+        ("{\"type\":", "bad_json"),
+        ("[1,2]", "bad_json"),
+        ("\"say\"", "bad_json"),
+        ("{}", "missing_field"),
+        ("{\"type\":null}", "missing_field"),
+        ("{\"type\":7}", "bad_field"),
+        ("{\"type\":\"shout\"}", "unknown_type"),
+        ("{\"type\":\"say\",\"text\":\"hi\"}", "missing_field"),
+        ("{\"type\":\"say\",\"room\":\"lobby\"}", "missing_field"),
+        (
+            "{\"type\":\"say\",\"room\":\"lobby\",\"text\":42}",
+            "bad_field",
+        ),
+        (
+            "{\"type\":\"say\",\"room\":\"lobby\",\"text\":\"\"}",
+            "empty_text",
+        ),
+        (
+            "{\"type\":\"say\",\"room\":\"lobby\",\"text\":\" \\n\\t \"}",
+            "empty_text",
+        ),
+        (
+            "{\"type\":\"say\",\"room\":\"no spaces\",\"text\":\"x\"}",
+            "invalid_room",
+        ),
+        (
+            "{\"type\":\"say\",\"room\":\"\",\"text\":\"x\"}",
+            "invalid_room",
+        ),
+        ("{\"type\":\"join\",\"room\":\"<script>\"}", "invalid_room"),
+        (
+            "{\"type\":\"say\",\"room\":\"nowhere\",\"text\":\"x\"}",
+            "unknown_room",
+        ),
+        ("{\"type\":\"dm\",\"text\":\"x\"}", "missing_field"),
+        (
+            "{\"type\":\"dm\",\"to\":\"nobody\",\"text\":\"x\"}",
+            "unknown_user",
+        ),
+        ("{\"type\":\"leave\"}", "missing_field"),
+    ];
+    for (raw, code) in &cases {
+        ann.ws.send(Message::text(*raw)).unwrap();
+        ann.expect_error_reply(code, raw);
+    }
+    let long = "é".repeat(1001);
+    ann.expect_error(
+        json!({ "type": "say", "room": "lobby", "text": long }),
+        "text_too_long",
+    );
+    let room_name = "r".repeat(33);
+    ann.expect_error(json!({ "type": "join", "room": room_name }), "invalid_room");
+    // Exactly the limit is fine.
+    ann.say("lobby", &"é".repeat(1000));
+    assert_eq!(ann.recv()["type"], "message");
+    ann.ws.send(Message::binary(vec![1, 2, 3])).unwrap();
+    ann.expect_error_reply("binary_not_supported", "binary");
+    // Rooms per user (lobby + 2).
+    ann.join("a");
+    ann.join("b");
+    ann.expect_error(json!({ "type": "join", "room": "c" }), "room_limit");
+    // Still connected and working.
+    ann.say("lobby", "still here");
+    assert_eq!(ann.recv(), message(&ann, "lobby", "still here"));
+}
+
+#[test]
+fn full_rooms_and_a_full_server_are_errors() {
+    let server = chat(Options {
+        max_members: 1,
+        max_rooms: 3,
+        ..opts()
+    });
+    let mut ann = C::new(&server, "ann");
+    // Lobby is full with ann in it: bob is welcomed outside it.
+    let mut raw = connect(&server.url("/ws?name=bob"));
+    let welcome: Value = serde_json::from_str(&next_text(&mut raw)).unwrap();
+    assert_eq!(welcome["rooms"], json!([]));
+    let mut bob = C {
+        ws: raw,
+        seq: welcome["seq"].as_u64().unwrap(),
+        id: welcome["you"]["id"].as_str().unwrap().to_owned(),
+        name: "bob".into(),
+        token: String::new(),
+    };
+    bob.expect_error(json!({ "type": "join", "room": "lobby" }), "room_full");
+    ann.join("x");
+    bob.join("y");
+    // Three rooms, none empty: no fourth.
+    bob.expect_error(json!({ "type": "join", "room": "z" }), "too_many_rooms");
+    // Once one is empty, a new room takes its place.
+    ann.send(json!({ "type": "leave", "room": "x" }));
+    assert_eq!(ann.recv()["type"], "left");
+    let state = bob.join("z");
+    assert_eq!(state["members"], json!([bob.me()]));
+    bob.send(json!({ "type": "list_rooms" }));
+    assert_eq!(
+        bob.recv()["rooms"],
+        json!([{ "name": "lobby", "members": 1 }, { "name": "y", "members": 1 }, { "name": "z", "members": 1 }])
+    );
+}
+
+#[test]
+fn too_many_errors_close_with_4008() {
+    let server = chat(Options {
+        max_errors: 3,
+        ..opts()
+    });
+    let mut ann = C::new(&server, "ann");
+    for _ in 0..4 {
+        ann.ws.send(Message::text("nonsense")).unwrap();
+    }
+    for _ in 0..4 {
+        ann.expect_error_reply("bad_json", "nonsense");
+    }
+    assert_eq!(ann.expect_close(), close::TOO_MANY_ERRORS);
+    // Stats count it.
+    let (_, _, body) = http(&server, "GET", "/stats", "", "");
+    let stats: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(stats["chat"]["abuse_closes"], 1);
+}
+
+#[test]
+fn flooding_closes_with_4029() {
+    // No refill: exactly `burst` messages pass.
+    let server = chat(Options {
+        burst: 5.0,
+        per_second: 0.0,
+        max_errors: 3,
+        ..opts()
+    });
+    let mut ann = C::new(&server, "ann");
+    for i in 0..9 {
+        ann.say("lobby", &format!("{i}"));
+    }
+    for i in 0..5 {
+        assert_eq!(ann.recv(), message(&ann, "lobby", &format!("{i}")));
+    }
+    for _ in 0..4 {
+        ann.expect_error_reply("rate_limited", "flood");
+    }
+    assert_eq!(ann.expect_close(), close::FLOODING);
+}
+
+// ----- HTTP -----
+
+#[test]
+fn the_page_and_the_routes() {
+    let server = chat(opts());
+    let (status, head, body) = http(&server, "GET", "/", "", "");
+    assert_eq!(status, 200);
+    assert!(
+        head.contains("Content-Type: text/html; charset=utf-8"),
+        "{head}"
+    );
+    assert!(
+        head.contains("Content-Security-Policy: default-src 'none'"),
+        "{head}"
+    );
+    assert_eq!(body, hub::PAGE);
+    assert!(body.contains("<title>wshub chat</title>"));
+    let (status, _, body) = http(&server, "GET", "/nope", "", "");
+    assert_eq!(status, 404);
+    assert!(
+        body.contains("GET /, /ws, POST /push and GET /stats"),
+        "{body}"
+    );
+    let (status, head, _) = http(&server, "POST", "/", "", "x");
+    assert_eq!(status, 405);
+    assert!(head.contains("Allow: GET"));
+    let (status, head, _) = http(&server, "GET", "/push", "", "");
+    assert_eq!(status, 405);
+    assert!(head.contains("Allow: POST"));
+    // /ws without an upgrade: the library's handshake check answers.
+    let (status, _, _) = http(&server, "GET", "/ws?name=x", "", "");
+    assert_eq!(status, 400);
+}
+
+#[test]
+fn sockets_from_other_sites_are_refused() {
+    let server = chat(opts());
+    let host = server.addr.to_string();
+    let evil = raw_exchange(
+        server.addr,
+        upgrade_request("/ws?name=x", "Origin: http://evil.example\r\n").as_bytes(),
+    );
+    assert_eq!(status_line(&evil), "HTTP/1.1 403 Forbidden");
+    // The page's own origin (same host) is fine. (upgrade_request says Host: localhost.)
+    let ok = {
+        let request = upgrade_request("/ws?name=x", "Origin: http://localhost\r\n");
+        let mut s = std::net::TcpStream::connect(server.addr).unwrap();
+        s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        std::io::Write::write_all(&mut s, request.as_bytes()).unwrap();
+        let mut buf = [0u8; 12];
+        std::io::Read::read_exact(&mut s, &mut buf).unwrap();
+        buf
+    };
+    assert_eq!(&ok, b"HTTP/1.1 101", "{host}");
+}
+
+#[test]
+fn push_to_a_room_a_user_and_everyone() {
+    let server = chat(Options {
+        push_token: Some("s3cret".into()),
+        ..opts()
+    });
+    let mut ann1 = C::new(&server, "ann");
+    let mut ann2 = ann1.tab(&server);
+    let mut bob = C::new(&server, "bob");
+    ann1.recv();
+    ann2.recv();
+    bob.join("rust");
+
+    // To a room: its members' connections, and its history.
+    let (status, answer) = push(
+        &server,
+        Some("s3cret"),
+        r#"{"room":"lobby","text":"deploy done","from":"ci"}"#,
+    );
+    assert_eq!(status, 200, "{answer}");
+    let seq = answer["seq"].as_u64().unwrap();
+    assert_eq!(answer, json!({ "ok": true, "delivered": 3, "seq": seq }));
+    let expected = json!({ "type": "push", "from": "server", "sender": "ci", "scope": "room", "room": "lobby", "text": "deploy done" });
+    for c in [&mut ann1, &mut ann2, &mut bob] {
+        let v = c.recv_full();
+        assert_eq!(v["seq"], seq);
+        assert_eq!(strip(v), expected);
+    }
+    let (_, answer) = push(
+        &server,
+        Some("s3cret"),
+        r#"{"room":"rust","text":"rust only"}"#,
+    );
+    assert_eq!(answer["delivered"], 1);
+    assert_eq!(
+        bob.recv(),
+        json!({ "type": "push", "from": "server", "scope": "room", "room": "rust", "text": "rust only" })
+    );
+    let state = ann1.join("rust");
+    assert_eq!(
+        state["history"],
+        json!([{ "type": "push", "from": "server", "scope": "room", "room": "rust", "text": "rust only" }])
+    );
+    ann2.recv(); // the state, on ann's other tab
+    bob.recv(); // ann joined rust
+
+    // To a user, by name or id: every tab of that user only.
+    let (_, answer) = push(
+        &server,
+        Some("s3cret"),
+        r#"{"user":"ANN","text":"for ann"}"#,
+    );
+    assert_eq!(answer["delivered"], 2);
+    let for_ann = json!({ "type": "push", "from": "server", "scope": "user", "to": ann1.me(), "text": "for ann" });
+    assert_eq!(ann1.recv(), for_ann);
+    assert_eq!(ann2.recv(), for_ann);
+    let (_, answer) = push(
+        &server,
+        Some("s3cret"),
+        &json!({ "user": bob.id, "text": "for bob" }).to_string(),
+    );
+    assert_eq!(answer["delivered"], 1);
+    assert_eq!(bob.recv()["text"], "for bob");
+
+    // To everyone.
+    let (_, answer) = push(
+        &server,
+        Some("s3cret"),
+        r#"{"all":true,"text":"maintenance at 5"}"#,
+    );
+    assert_eq!(answer["delivered"], 3);
+    for c in [&mut ann1, &mut ann2, &mut bob] {
+        assert_eq!(
+            c.recv(),
+            json!({ "type": "push", "from": "server", "scope": "all", "text": "maintenance at 5" })
+        );
+    }
+
+    // Refusals.
+    let (status, head, body) = http(&server, "POST", "/push", "", r#"{"all":true,"text":"x"}"#);
+    assert_eq!(status, 401);
+    assert!(head.contains("WWW-Authenticate: Bearer"), "{head}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["error"],
+        "unauthorized"
+    );
+    let (status, answer) = push(&server, Some("wrong"), r#"{"all":true,"text":"x"}"#);
+    assert_eq!(
+        (status, answer["error"].as_str()),
+        (401, Some("unauthorized"))
+    );
+    let long = json!({ "all": true, "text": "x".repeat(1001) }).to_string();
+    for (body, status, code) in [
+        ("", 400, "bad_json"),
+        ("not json", 400, "bad_json"),
+        ("[]", 400, "bad_json"),
+        (r#"{"room":"lobby"}"#, 400, "missing_field"),
+        (r#"{"room":"lobby","text":5}"#, 400, "bad_field"),
+        (r#"{"room":"lobby","text":"  "}"#, 400, "empty_text"),
+        (long.as_str(), 400, "text_too_long"),
+        (r#"{"text":"x"}"#, 400, "bad_target"),
+        (
+            r#"{"room":"lobby","all":true,"text":"x"}"#,
+            400,
+            "bad_target",
+        ),
+        (r#"{"all":false,"text":"x"}"#, 400, "bad_field"),
+        (r#"{"all":true,"text":"x","from":""}"#, 400, "bad_field"),
+        (r#"{"all":true,"text":"x","from":7}"#, 400, "bad_field"),
+        (r#"{"room":"bad room","text":"x"}"#, 400, "invalid_room"),
+        (r#"{"room":"nowhere","text":"x"}"#, 404, "unknown_room"),
+        (r#"{"user":"nobody","text":"x"}"#, 404, "unknown_user"),
+    ] {
+        let (got, answer) = push(&server, Some("s3cret"), body);
+        assert_eq!(
+            (got, answer["error"].as_str()),
+            (status, Some(code)),
+            "{body}: {answer}"
+        );
+        assert_eq!(answer["ok"], false);
+        assert!(answer["message"].as_str().is_some_and(|m| !m.is_empty()));
+    }
+    // None of the refusals reached anyone: the next thing everyone reads is this.
+    push(&server, Some("s3cret"), r#"{"all":true,"text":"fence"}"#);
+    for c in [&mut ann1, &mut ann2, &mut bob] {
+        assert_eq!(c.recv()["text"], "fence");
+    }
+}
+
+#[test]
+fn push_without_a_configured_token_needs_none() {
+    let server = chat(opts());
+    let mut ann = C::new(&server, "ann");
+    let (status, answer) = push(&server, None, r#"{"room":"lobby","text":"hi"}"#);
+    assert_eq!((status, answer["delivered"].as_u64()), (200, Some(1)));
+    assert_eq!(ann.recv()["text"], "hi");
+}
+
+#[test]
+fn stats_report_the_server_and_the_chat() {
+    let server = chat(opts());
+    let mut ann = C::new(&server, "ann");
+    let mut bob = C::new(&server, "bob");
+    ann.recv();
+    ann.say("lobby", "one");
+    ann.recv();
+    bob.recv();
+    ann.send(json!({ "type": "dm", "to": "bob", "text": "two" }));
+    ann.recv();
+    bob.recv();
+    ann.expect_error(json!({ "type": "nope" }), "unknown_type");
+    bob.join("rust");
+    http(&server, "GET", "/missing", "", "");
+    let (status, head, body) = http(&server, "GET", "/stats", "", "");
+    assert_eq!(status, 200);
+    assert!(head.contains("Content-Type: application/json"));
+    let s: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(s["connections"], 2);
+    assert_eq!(s["handshakes_accepted"], 2);
+    assert_eq!(s["messages_in"], 4, "say, dm, nope, join");
+    // (welcome, joined) ×2, presence, message ×2, dm ×2, error, joined
+    assert_eq!(s["messages_out"], 11);
+    assert_eq!(s["dropped_messages"], 0);
+    assert_eq!(s["slow_consumer_closes"], 0);
+    assert_eq!(
+        s["timeouts"],
+        json!({ "handshake": 0, "pong": 0, "close": 0, "write_stall": 0 })
+    );
+    assert_eq!(s["rejections"]["not_found"], 1);
+    assert_eq!(s["rejections"]["total"], 1);
+    assert_eq!(
+        s["chat"],
+        json!({ "users_online": 2, "users_present": 2, "users_known": 2, "users_created": 2,
+                "rooms": 2, "room_messages": 1, "direct_messages": 1, "pushes": 0,
+                "errors": 1, "abuse_closes": 0, "seq": s["chat"]["seq"] })
+    );
+    // The 11 above, less one sent twice, plus the presence events that nobody was there to
+    // receive (ann into the lobby, bob into rust).
+    assert_eq!(s["chat"]["seq"], 11);
+}
+
+#[test]
+fn slow_consumers_are_closed_with_1008() {
+    // A client that never reads, and pushes that pile up: the library closes it once its
+    // queue passes max_backpressure, and the others are unaffected.
+    let server = chat(opts());
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    // A tiny receive window, so the server's queue fills rather than the kernel's buffers.
+    sock.set_recv_buffer_size(4096).unwrap();
+    sock.connect(&server.addr.into()).unwrap();
+    let stream: std::net::TcpStream = sock.into();
+    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    let (_sleeper, _) = tungstenite::client(server.url("/ws?name=sleeper"), stream).unwrap();
+    let mut ann = C::new(&server, "ann");
+    let body = json!({ "room": "lobby", "text": "😀".repeat(1000) }).to_string();
+    let mut closed = false;
+    for i in 1..=3000 {
+        push(&server, None, &body);
+        assert_eq!(ann.recv()["type"], "push", "ann keeps up");
+        if i % 20 == 0 {
+            let (_, _, stats) = http(&server, "GET", "/stats", "", "");
+            let stats: Value = serde_json::from_str(&stats).unwrap();
+            if stats["slow_consumer_closes"] == 1 {
+                closed = true;
+                break;
+            }
+        }
+    }
+    assert!(closed, "the sleeper was never closed");
+    ann.say("lobby", "ann is fine");
+    loop {
+        let v = ann.recv();
+        if v["type"] == "message" {
+            assert_eq!(v["text"], "ann is fine");
+            break;
+        }
+        // The sleeper leaving (once its close times out).
+        assert_eq!(v["type"], "presence", "{v}");
+    }
+}
