@@ -119,8 +119,7 @@ impl<'a, D> Ctx<'a, D> {
     /// Calls [`Handler::on_timer`](crate::Handler::on_timer) with `token` after `delay`
     /// (on the next loop turn at the earliest).
     pub fn set_timer(&mut self, delay: Duration, token: u64) -> TimerId {
-        let at = self.hub.env.after(delay);
-        self.hub.env.timers.set_app(at, token)
+        self.hub.set_timer(delay, token)
     }
 
     /// Cancels a timer; returns whether it was still pending.

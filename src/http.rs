@@ -107,6 +107,30 @@ impl<'a> Request<'a> {
         }
     }
 
+    /// Refuses a browser page from another site: `Err(403)` if the request has an `Origin`
+    /// whose host (and port) differs from the `Host` header, the usual rule for a page and
+    /// its socket served by the same server. A request without `Origin` passes.
+    ///
+    /// ```
+    /// # use wshub::{Reply, Request};
+    /// # fn route(req: &Request<'_>) -> Reply<()> {
+    /// if let Err(refusal) = req.check_same_origin() {
+    ///     return Reply::Respond(refusal);
+    /// }
+    /// Reply::accept(())
+    /// # }
+    /// ```
+    pub fn check_same_origin(&self) -> Result<(), Response> {
+        let Some(origin) = self.origin() else {
+            return Ok(());
+        };
+        let origin_host = origin.split_once("://").map_or(origin, |(_, rest)| rest);
+        match self.header("host") {
+            Some(host) if host.trim().eq_ignore_ascii_case(origin_host) => Ok(()),
+            _ => Err(Response::text(403, "origin not allowed")),
+        }
+    }
+
     /// Comma-separated tokens of every header of this name, trimmed.
     fn header_tokens(&self, name: &'static str) -> impl Iterator<Item = &'a str> + '_ {
         self.headers()
@@ -544,6 +568,31 @@ mod tests {
             (req.method(), req.path(), req.body()),
             ("POST", "/push", &b"abc"[..])
         );
+    }
+
+    #[test]
+    fn same_origin_compares_origin_host_with_host_header() {
+        let check = |headers: &str| {
+            let raw = format!("GET /ws HTTP/1.1\r\n{headers}\r\n");
+            parse(raw.as_bytes(), None)
+                .unwrap()
+                .check_same_origin()
+                .map_err(|r| r.status())
+        };
+        assert_eq!(check("Host: a.example:8080\r\n"), Ok(()));
+        assert_eq!(
+            check("Host: a.example:8080\r\nOrigin: http://A.example:8080\r\n"),
+            Ok(())
+        );
+        assert_eq!(
+            check("Host: a.example:8080\r\nOrigin: http://a.example:9090\r\n"),
+            Err(403)
+        );
+        assert_eq!(
+            check("Host: a.example\r\nOrigin: https://evil.example\r\n"),
+            Err(403)
+        );
+        assert_eq!(check("Origin: http://a.example\r\n"), Err(403));
     }
 
     #[test]

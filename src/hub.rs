@@ -7,6 +7,7 @@
 //! the callback has returned, so no callback ever runs inside another.
 
 use std::collections::VecDeque;
+use std::io;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -14,7 +15,8 @@ use slab::Slab;
 use tungstenite::protocol::WebSocketConfig;
 
 use crate::connection::{Connection, Phase};
-use crate::timers::{TimerKey, Timers};
+use crate::outbox::Flush;
+use crate::timers::{TimerId, TimerKey, Timers};
 use crate::{CloseInfo, Config, ConnId, Frame, SendError, SlowConsumer, Stats};
 
 /// How a broadcast went.
@@ -148,6 +150,12 @@ impl<D> Hub<D> {
         }
     }
 
+    /// Sets an application timer `delay` from now.
+    pub(crate) fn set_timer(&mut self, delay: Duration, token: u64) -> TimerId {
+        let at = self.env.after(delay);
+        self.env.timers.set_app(at, token)
+    }
+
     /// The ids of the connections that pass `filter` (a snapshot, for loops that remove).
     pub(crate) fn ids(&self, filter: impl Fn(&Connection<D>) -> bool) -> Vec<ConnId> {
         self.conns
@@ -190,10 +198,15 @@ impl<D> Env<D> {
             Phase::Closing { .. } | Phase::Lingering { .. } => return Err(SendError::Closing),
             Phase::Handshaking(_) => return Err(SendError::Gone),
         }
-        if conn
-            .outbox
-            .fits(frame.wire_len(), self.config.max_backpressure)
-        {
+        let limit = self.config.max_backpressure;
+        if !conn.outbox.fits(frame.wire_len(), limit) {
+            // Writes are corked until the end of the turn, so a burst to one connection can
+            // reach the limit while its socket would take it all: let the socket decide
+            // before calling the connection slow. (An error is left for the end-of-turn
+            // flush to find again and handle.)
+            let _ = self.write(conn);
+        }
+        if conn.outbox.fits(frame.wire_len(), limit) {
             self.push(conn, id, frame.wire().clone());
             self.stats.messages_out += 1;
             return Ok(());
@@ -213,6 +226,19 @@ impl<D> Env<D> {
                 Err(SendError::SlowConsumerClosed)
             }
         }
+    }
+
+    /// Writes what the socket takes now, keeping the byte counts.
+    pub(crate) fn write(&mut self, conn: &mut Connection<D>) -> io::Result<Flush> {
+        let before = conn.outbox.queued();
+        let result = conn.outbox.write_to(&mut conn.sock);
+        let written = before - conn.outbox.queued();
+        self.stats.bytes_out += written as u64;
+        self.stats.queued_bytes -= written;
+        if written > 0 {
+            conn.last_write = self.now;
+        }
+        result
     }
 
     /// Queues bytes that bypass the backpressure policy: HTTP answers and control frames.

@@ -75,10 +75,10 @@ impl Outbox {
         dropped
     }
 
-    /// Writes as much as the socket takes, `MAX_IOVECS` buffers per syscall, and returns the
-    /// bytes written plus whether the queue is now empty.
-    pub(crate) fn write_to<W: Write>(&mut self, sink: &mut W) -> io::Result<(usize, Flush)> {
-        let mut written = 0;
+    /// Writes as much as the socket takes, `MAX_IOVECS` buffers per syscall, and says
+    /// whether the queue is now empty. What was written is gone from the queue even if a
+    /// later write fails (see [`Outbox::queued`]).
+    pub(crate) fn write_to<W: Write>(&mut self, sink: &mut W) -> io::Result<Flush> {
         while !self.frames.is_empty() {
             let mut iov = [IoSlice::new(&[]); MAX_IOVECS];
             let mut count = 0;
@@ -88,18 +88,13 @@ impl Outbox {
             }
             match sink.write_vectored(&iov[..count]) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => {
-                    written += n;
-                    self.advance(n);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    return Ok((written, Flush::Blocked));
-                }
+                Ok(n) => self.advance(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Flush::Blocked),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
         }
-        Ok((written, Flush::Done))
+        Ok(Flush::Done)
     }
 
     fn advance(&mut self, mut n: usize) {
@@ -167,13 +162,11 @@ mod tests {
             room: 8,
             blocked: false,
         };
-        let (n, state) = outbox.write_to(&mut sink).unwrap();
-        assert_eq!((n, state), (8, Flush::Blocked));
+        assert_eq!(outbox.write_to(&mut sink).unwrap(), Flush::Blocked);
         assert_eq!(outbox.queued(), 7);
         // The half-written "big " must survive a discard; "world" must not.
         assert_eq!(outbox.discard_unstarted(), 5);
-        let (n, state) = outbox.write_to(&mut sink).unwrap();
-        assert_eq!((n, state), (2, Flush::Done));
+        assert_eq!(outbox.write_to(&mut sink).unwrap(), Flush::Done);
         assert_eq!(sink.out, b"hello big ");
         assert_eq!(outbox.queued(), 0);
     }

@@ -19,7 +19,7 @@ use crate::handle::{self, Command, Inbox};
 use crate::http::{self, Limits, Progress};
 use crate::hub::Hub;
 use crate::outbox::Flush;
-use crate::timers::TimerKey;
+use crate::timers::{TimerId, TimerKey};
 use crate::{
     CloseInfo, Config, ConnId, Ctx, Frame, Handle, Handler, Message, Reply, Request, Response,
     SendError, Stats,
@@ -191,6 +191,13 @@ impl<H: Handler> Server<H> {
     /// The server's counters now.
     pub fn stats(&self) -> Stats {
         self.hub.stats()
+    }
+
+    /// Sets an application timer before or between turns (e.g. a periodic task armed at
+    /// start-up); it calls [`Handler::on_timer`] like one set with [`Ctx::set_timer`].
+    pub fn set_timer(&mut self, delay: Duration, token: u64) -> TimerId {
+        self.hub.env.tick();
+        self.hub.set_timer(delay, token)
     }
 
     /// Runs until a graceful shutdown ([`Handle::shutdown`] or [`Ctx::shutdown`]) completes.
@@ -723,19 +730,14 @@ impl<H: Handler> Server<H> {
             return;
         };
         conn.dirty = false;
-        let (written, flush) = match conn.outbox.write_to(&mut conn.sock) {
-            Ok(result) => result,
+        let flush = match env.write(conn) {
+            Ok(flush) => flush,
             Err(e) => {
                 log::debug!("connection {id}: write failed: {e}");
                 self.remove(id, abnormal("write failed"));
                 return;
             }
         };
-        env.stats.bytes_out += written as u64;
-        env.stats.queued_bytes -= written;
-        if written > 0 {
-            conn.last_write = env.now;
-        }
         let blocked = flush == Flush::Blocked;
         if blocked != conn.write_interest {
             let interest = if blocked {
