@@ -198,6 +198,11 @@ const TIMER_ROOM_COUNTS: u64 = 2;
 const TIMER_GRACE: u64 = 1 << 40;
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
 
+/// Arms the chat's periodic housekeeping (forgetting long-offline users).
+pub fn start_timers(server: &mut wshub::Server<Chat>) {
+    server.set_timer(SWEEP_EVERY, TIMER_SWEEP);
+}
+
 /// The chat: users, rooms, history.
 pub struct Chat {
     opts: Options,
@@ -216,7 +221,6 @@ pub struct Chat {
     /// Rooms whose member count changed since the last `room_counts`.
     counts_dirty: BTreeSet<String>,
     counts_timer: bool,
-    sweep_timer: bool,
     totals: Totals,
 }
 
@@ -237,7 +241,6 @@ impl Chat {
             rooms,
             counts_dirty: BTreeSet::new(),
             counts_timer: false,
-            sweep_timer: false,
             totals: Totals::default(),
         }
     }
@@ -969,11 +972,8 @@ impl Handler for Chat {
             }),
             "/ws" => {
                 // A page from another site may not connect in its visitor's name.
-                if let (Some(origin), Some(host)) = (req.origin(), req.header("host")) {
-                    let ours = [format!("http://{host}"), format!("https://{host}")];
-                    if !ours.iter().any(|o| o.eq_ignore_ascii_case(origin)) {
-                        return Reply::Respond(Response::text(403, "origin not allowed"));
-                    }
+                if let Err(refusal) = req.check_same_origin() {
+                    return Reply::Respond(refusal);
                 }
                 let param = |key: &str| {
                     req.query()
@@ -1003,10 +1003,6 @@ impl Handler for Chat {
     }
 
     fn on_open(&mut self, ctx: &mut Ctx<'_, Conn>, id: ConnId) {
-        if !self.sweep_timer {
-            self.sweep_timer = true;
-            ctx.set_timer(SWEEP_EVERY, TIMER_SWEEP);
-        }
         let Some(join) = ctx.data_mut(id).and_then(|c| c.join.take()) else {
             return;
         };

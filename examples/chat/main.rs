@@ -65,6 +65,7 @@ fn run() -> Result<(), String> {
     let history = opts.history;
     let mut server = Server::bind(&addr, hub::config(), hub::Chat::new(opts))
         .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    hub::start_timers(&mut server);
     let local = server.local_addr().ok_or("no local address")?;
     // The one line a script (or a person) needs; logs follow.
     println!("http://{local}/");
