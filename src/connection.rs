@@ -83,6 +83,9 @@ pub(crate) struct Connection<D> {
     pub(crate) dirty: bool,
     /// Registered for writable events (only while the outbox is not empty).
     pub(crate) write_interest: bool,
+    /// The socket refused bytes at the last write: no use writing before it reports
+    /// writable again.
+    pub(crate) blocked: bool,
     /// Not reading: its own queue is over the limit (read-side backpressure).
     pub(crate) read_paused: bool,
     /// The queue went over the drain watermark; `on_drain` is due when it falls back.
@@ -107,6 +110,7 @@ impl<D> Connection<D> {
             timer_at: u64::MAX,
             dirty: false,
             write_interest: false,
+            blocked: false,
             read_paused: false,
             pressured: false,
             write_shut: false,

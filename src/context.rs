@@ -108,7 +108,10 @@ impl<'a, D> Ctx<'a, D> {
 
     /// Bytes queued for a connection and not yet taken by its socket.
     pub fn buffered_amount(&self, id: ConnId) -> Option<usize> {
-        self.hub.get(id).map(|c| c.outbox.queued())
+        self.hub
+            .get(id)
+            .filter(|c| matches!(c.phase, Phase::Open(_) | Phase::Closing { .. }))
+            .map(|c| c.outbox.queued())
     }
 
     /// The server's counters now.

@@ -1,5 +1,6 @@
 //! [`Handle`]: the server, reachable from other threads.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex};
 
@@ -43,12 +44,15 @@ pub struct Handle {
     tx: SyncSender<Command>,
     waker: Arc<Waker>,
     stats: Arc<Mutex<Stats>>,
+    /// Set when `run()` / `poll_once` has finished for good: commands would never be read.
+    stopped: Arc<AtomicBool>,
 }
 
 /// The server's end of its handles.
 pub(crate) struct Inbox {
     pub(crate) rx: Receiver<Command>,
     pub(crate) stats: Arc<Mutex<Stats>>,
+    pub(crate) stopped: Arc<AtomicBool>,
     /// Kept so `Server::handle` can make more handles.
     pub(crate) handle: Handle,
 }
@@ -56,12 +60,19 @@ pub(crate) struct Inbox {
 pub(crate) fn channel(capacity: usize, waker: Waker) -> Inbox {
     let (tx, rx) = sync_channel(capacity);
     let stats = Arc::new(Mutex::new(Stats::default()));
+    let stopped = Arc::new(AtomicBool::new(false));
     let handle = Handle {
         tx,
         waker: Arc::new(waker),
         stats: Arc::clone(&stats),
+        stopped: Arc::clone(&stopped),
     };
-    Inbox { rx, stats, handle }
+    Inbox {
+        rx,
+        stats,
+        stopped,
+        handle,
+    }
 }
 
 impl Handle {
@@ -96,6 +107,9 @@ impl Handle {
     }
 
     fn command(&self, command: Command) -> Result<(), HandleError> {
+        if self.stopped.load(Ordering::Acquire) {
+            return Err(HandleError::Stopped);
+        }
         match self.tx.try_send(command) {
             Ok(()) => self.waker.wake().map_err(|_| HandleError::Stopped),
             Err(TrySendError::Full(_)) => Err(HandleError::Full),

@@ -144,9 +144,8 @@ impl<D> Hub<D> {
                 env.start_close(conn, id, code, reason);
                 Ok(())
             }
-            Phase::Closing { .. } | Phase::Lingering { .. } => Err(SendError::Closing),
-            // Handshaking connections have no id the application could know.
-            Phase::Handshaking(_) => Err(SendError::Gone),
+            Phase::Closing { .. } => Err(SendError::Closing),
+            Phase::Lingering { .. } | Phase::Handshaking(_) => Err(SendError::Gone),
         }
     }
 
@@ -195,18 +194,17 @@ impl<D> Env<D> {
     ) -> Result<(), SendError> {
         match conn.phase {
             Phase::Open(_) => {}
-            Phase::Closing { .. } | Phase::Lingering { .. } => return Err(SendError::Closing),
-            Phase::Handshaking(_) => return Err(SendError::Gone),
+            Phase::Closing { .. } => return Err(SendError::Closing),
+            // To the application a lingering connection is closed (on_close has run or is
+            // due), and a handshaking one has no id it could know.
+            Phase::Lingering { .. } | Phase::Handshaking(_) => return Err(SendError::Gone),
         }
-        let limit = self.config.max_backpressure;
-        if !conn.outbox.fits(frame.wire_len(), limit) {
-            // Writes are corked until the end of the turn, so a burst to one connection can
-            // reach the limit while its socket would take it all: let the socket decide
-            // before calling the connection slow. (An error is left for the end-of-turn
-            // flush to find again and handle.)
-            let _ = self.write(conn);
-        }
-        if conn.outbox.fits(frame.wire_len(), limit) {
+        // `push` has already let the socket take what it would (see there), so a queue that
+        // is still too full belongs to a connection that is really not reading.
+        if conn
+            .outbox
+            .fits(frame.wire_len(), self.config.max_backpressure)
+        {
             self.push(conn, id, frame.wire().clone());
             self.stats.messages_out += 1;
             return Ok(());
@@ -238,6 +236,7 @@ impl<D> Env<D> {
         if written > 0 {
             conn.last_write = self.now;
         }
+        conn.blocked = matches!(result, Ok(Flush::Blocked));
         result
     }
 
@@ -250,6 +249,23 @@ impl<D> Env<D> {
         self.stats.queued_bytes += bytes.len();
         conn.outbox.push(bytes);
         self.stats.peak_queued_bytes = self.stats.peak_queued_bytes.max(conn.outbox.queued());
+        // Writes are corked until the end of the turn, but only up to the watermark: past
+        // it, the socket takes what it will now (one large write), so `buffered_amount` and
+        // the backpressure policy see what the peer has really not read, not a burst the
+        // socket would take at once. A socket known to be full is not asked again before it
+        // reports writable. (An error is left for the end-of-turn flush to meet and handle.)
+        let watermark = self
+            .config
+            .drain_watermark
+            .min(self.config.max_backpressure);
+        if conn.outbox.queued() > watermark && !conn.blocked {
+            let _ = self.write(conn);
+        }
+        if conn.outbox.queued() > watermark {
+            // A producer watching `buffered_amount` may pause now: `on_drain` is due when
+            // the queue falls back.
+            conn.pressured = true;
+        }
         if !conn.dirty {
             conn.dirty = true;
             self.dirty.push(id);

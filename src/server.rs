@@ -30,6 +30,9 @@ const WAKER: Token = Token(usize::MAX - 2);
 /// Every socket is read into this one buffer; the bytes are then handed to the connection's
 /// decoder, so no connection needs a large buffer of its own.
 const READ_BUFFER: usize = 64 * 1024;
+/// Reads of one connection per turn (of up to 64 KiB each) before the others get their
+/// turn; the rest is read next turn. Without a budget a peer that floods could hold the loop.
+const READS_PER_TURN: usize = 16;
 /// After this many rounds of follow-up work in one turn, the rest waits for the next turn
 /// (polled without sleeping), so sockets are never starved.
 const SETTLE_ROUNDS: usize = 64;
@@ -75,6 +78,8 @@ pub struct Server<H: Handler> {
     messages: Vec<Message>,
     /// Connections whose reads were paused and may resume.
     resume: Vec<ConnId>,
+    /// Connections that used their read budget with bytes left: read on next turn.
+    carry: Vec<ConnId>,
     inbox: Inbox,
     accept: Accept,
     state: State,
@@ -151,6 +156,7 @@ impl<H: Handler> Server<H> {
             read_buf: vec![0; READ_BUFFER].into_boxed_slice(),
             messages: Vec::new(),
             resume: Vec::new(),
+            carry: Vec::new(),
             inbox,
             accept: Accept {
                 backoff_ms: ACCEPT_BACKOFF_MIN_MS,
@@ -226,6 +232,9 @@ impl<H: Handler> Server<H> {
         self.hub.env.tick();
         self.backlog = false;
 
+        for id in mem::take(&mut self.carry) {
+            self.read_ready(id.key());
+        }
         let events = mem::replace(&mut self.events, Events::with_capacity(0));
         for event in events.iter() {
             match event.token() {
@@ -233,7 +242,7 @@ impl<H: Handler> Server<H> {
                 WAKER => {}
                 Token(key) => {
                     if event.is_writable() {
-                        self.mark_dirty(key);
+                        self.on_writable(key);
                     }
                     if event.is_readable() || event.is_read_closed() || event.is_error() {
                         self.read_ready(key);
@@ -348,7 +357,13 @@ impl<H: Handler> Server<H> {
             return;
         };
         let mut buf = mem::take(&mut self.read_buf);
-        loop {
+        for reads in 0.. {
+            if reads == READS_PER_TURN {
+                // Edge-triggered: no new event will come for what is left, so note it.
+                self.carry.push(id);
+                self.backlog = true;
+                break;
+            }
             let limit = self.hub.env.config.max_backpressure;
             let now = self.hub.env.now;
             let Some(conn) = self.hub.get_mut(id) else {
@@ -654,8 +669,24 @@ impl<H: Handler> Server<H> {
                 abnormal("handshake timeout")
             }
             Phase::Open(_) if !conn.outbox.is_empty() && now >= conn.last_write + stall => {
-                env.stats.write_stall_timeouts += 1;
-                abnormal("write stalled")
+                // The kernel may have been draining its own (large) buffer all along without
+                // making the socket writable again: a write now tells whether the peer reads.
+                match env.write(conn) {
+                    Ok(_) if conn.last_write == now => {
+                        env.schedule(conn, id);
+                        if !conn.dirty {
+                            // Writable interest and watermarks are settled by the flush.
+                            conn.dirty = true;
+                            env.dirty.push(id);
+                        }
+                        return;
+                    }
+                    Ok(_) => {
+                        env.stats.write_stall_timeouts += 1;
+                        abnormal("write stalled")
+                    }
+                    Err(_) => abnormal("write failed"),
+                }
             }
             Phase::Open(session) if session.ping_sent.is_some() => {
                 env.stats.pong_timeouts += 1;
@@ -682,9 +713,11 @@ impl<H: Handler> Server<H> {
 
     // ----- writing and follow-up work -----
 
-    fn mark_dirty(&mut self, key: usize) {
+    /// The socket has room again: flush it at the end of this turn.
+    fn on_writable(&mut self, key: usize) {
         let Hub { conns, env } = &mut self.hub;
         if let Some(conn) = conns.get_mut(key) {
+            conn.blocked = false;
             if !conn.dirty {
                 conn.dirty = true;
                 env.dirty.push(ConnId::new(key, conn.generation));
@@ -730,6 +763,10 @@ impl<H: Handler> Server<H> {
             return;
         };
         conn.dirty = false;
+        if conn.blocked && conn.write_interest {
+            // Still full: the writable event will bring it back here.
+            return;
+        }
         let flush = match env.write(conn) {
             Ok(flush) => flush,
             Err(e) => {
@@ -758,9 +795,7 @@ impl<H: Handler> Server<H> {
         }
         let queued = conn.outbox.queued();
         let watermark = env.config.drain_watermark;
-        if blocked && queued > watermark {
-            conn.pressured = true;
-        } else if conn.pressured && queued <= watermark {
+        if conn.pressured && queued <= watermark {
             conn.pressured = false;
             env.drained.push(id);
         }
@@ -813,6 +848,9 @@ impl<H: Handler> Server<H> {
         }
         if self.hub.conns.is_empty() {
             self.state = State::Stopped;
+            self.inbox
+                .stopped
+                .store(true, std::sync::atomic::Ordering::Release);
             log::info!("shut down");
         }
     }

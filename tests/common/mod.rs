@@ -411,6 +411,12 @@ impl RawWs {
         }
     }
 
+    /// Bytes read past the 101 and not yet taken as frames: what a test that goes on to
+    /// read `stream` directly must count first.
+    pub fn buffered(&self) -> &[u8] {
+        &self.buf[self.start..self.end]
+    }
+
     /// Sends one masked frame with FIN set.
     pub fn send(&mut self, opcode: u8, payload: &[u8]) -> std::io::Result<()> {
         self.stream.write_all(&masked_frame(0x80 | opcode, payload))
