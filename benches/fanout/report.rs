@@ -65,13 +65,20 @@ pub struct RunResult {
     pub deliveries: u64,
     pub wall: Duration,
     pub server_cpu: Duration,
+    /// Load generator CPU time (~wall: it busy-polls).
     pub loadgen_cpu: Duration,
+    /// Load generator time outside empty polls: how busy it really was.
+    pub loadgen_busy: Duration,
+    /// CPU time used by other processes during the run (noise).
+    pub foreign_cpu: Duration,
     pub p50_ns: u64,
     pub p99_ns: u64,
     pub max_ns: u64,
     /// Idle server RSS growth per connection after connecting N clients.
     pub rss_per_conn: f64,
     pub connect_time: Duration,
+    pub connect_loadgen_busy: Duration,
+    pub connect_listen_overflows: u64,
     pub max_send_lag: Duration,
 }
 
@@ -92,11 +99,21 @@ impl RunResult {
         self.loadgen_cpu.as_secs_f64() / self.wall.as_secs_f64().max(1e-9)
     }
 
+    /// Share of a CPU other processes used; `None` if the run was too short to tell.
+    pub fn foreign_cpu_share(&self) -> Option<f64> {
+        crate::sys::proc_stat_share(self.foreign_cpu, self.wall)
+    }
+
+    pub fn loadgen_busy_share(&self) -> f64 {
+        self.loadgen_busy.as_secs_f64() / self.wall.as_secs_f64().max(1e-9)
+    }
+
     /// One line for the progress log.
     pub fn summary_line(&self) -> String {
         format!(
             "{:<8} {}: {}/s, server {:.3} µs CPU/delivery, latency p50 {} p99 {} max {}, \
-             CPU share server {:.0}% loadgen {:.0}%, RSS/conn {}, connect {}{}",
+             server CPU {:.0}%, loadgen CPU {:.0}% busy {:.0}%, RSS/conn {}, connect {} \
+             (loadgen busy {:.0}%, {} listen-queue overflows), other processes {} CPU{}",
             self.server.name(),
             self.cell.describe(),
             si(self.deliveries_per_sec()),
@@ -106,8 +123,14 @@ impl RunResult {
             latency(self.max_ns as f64),
             self.server_cpu_share() * 100.0,
             self.loadgen_cpu_share() * 100.0,
+            self.loadgen_busy_share() * 100.0,
             bytes(self.rss_per_conn),
             millis(self.connect_time.as_secs_f64()),
+            self.connect_loadgen_busy.as_secs_f64() / self.connect_time.as_secs_f64().max(1e-9)
+                * 100.0,
+            self.connect_listen_overflows,
+            self.foreign_cpu_share()
+                .map_or("n/a".to_string(), |s| format!("{:.0}%", s * 100.0)),
             match self.cell.mode {
                 Mode::Rate { .. } =>
                     format!(", max send lag {}", millis(self.max_send_lag.as_secs_f64())),
@@ -116,6 +139,10 @@ impl RunResult {
         )
     }
 }
+
+/// A run during which other processes used more than this share of a CPU
+/// counts as disturbed.
+pub const NOISY_SHARE: f64 = 0.25;
 
 /// Medians over the repeats of one (cell, server).
 #[derive(Clone, Copy, Debug)]
@@ -128,25 +155,36 @@ pub struct Summary {
     pub rss_per_conn: f64,
     pub connect_secs: f64,
     pub server_cpu_share: f64,
-    pub loadgen_cpu_share: f64,
+    pub loadgen_busy_share: f64,
 }
 
 impl Summary {
+    /// Medians over `runs`. Message-phase numbers leave out disturbed runs
+    /// (unless all were); the per-session numbers (idle RSS, connect time)
+    /// come from every session, so they agree across the cells of one N.
     pub fn of(runs: &[&RunResult]) -> Option<Summary> {
         if runs.is_empty() {
             return None;
         }
+        let all = runs;
+        let quiet: Vec<&RunResult> = runs
+            .iter()
+            .copied()
+            .filter(|r| r.foreign_cpu_share().is_none_or(|s| s <= NOISY_SHARE))
+            .collect();
+        let runs = if quiet.is_empty() { runs } else { &quiet[..] };
         let med = |f: &dyn Fn(&RunResult) -> f64| median(runs.iter().map(|r| f(r)).collect());
+        let med_all = |f: &dyn Fn(&RunResult) -> f64| median(all.iter().map(|r| f(r)).collect());
         Some(Summary {
             deliveries_per_sec: med(&|r| r.deliveries_per_sec()),
             cpu_us_per_delivery: med(&|r| r.cpu_us_per_delivery()),
             p50_ns: med(&|r| r.p50_ns as f64),
             p99_ns: med(&|r| r.p99_ns as f64),
             max_ns: med(&|r| r.max_ns as f64),
-            rss_per_conn: med(&|r| r.rss_per_conn),
-            connect_secs: med(&|r| r.connect_time.as_secs_f64()),
+            rss_per_conn: med_all(&|r| r.rss_per_conn),
+            connect_secs: med_all(&|r| r.connect_time.as_secs_f64()),
             server_cpu_share: med(&|r| r.server_cpu_share()),
-            loadgen_cpu_share: med(&|r| r.loadgen_cpu_share()),
+            loadgen_busy_share: med(&|r| r.loadgen_busy_share()),
         })
     }
 }
@@ -195,7 +233,7 @@ pub fn markdown_table(rows: &[Row]) -> String {
          | latency p50 / p99 / max wshub | baseline \
          | idle RSS/conn wshub | baseline | ratio \
          | connect N wshub | baseline \
-         | CPU share server / loadgen wshub | baseline |\n",
+         | server CPU / loadgen busy wshub | baseline |\n",
     );
     t.push_str("|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---|---|---:|---:|---:|---:|---:|---|---|\n");
     for row in rows {
@@ -203,7 +241,7 @@ pub fn markdown_table(rows: &[Row]) -> String {
         let cell =
             |s: Option<&Summary>, f: &dyn Fn(&Summary) -> String| s.map_or("n/a".to_string(), f);
         let ratio = |f: &dyn Fn(&Summary) -> f64| match (w, b) {
-            (Some(w), Some(b)) if f(b) > 0.0 => format!("{:.2}", f(w) / f(b)),
+            (Some(w), Some(b)) if f(b) > 0.0 => ratio_text(f(w) / f(b)),
             _ => "n/a".to_string(),
         };
         let lat = |s: &Summary| {
@@ -218,7 +256,7 @@ pub fn markdown_table(rows: &[Row]) -> String {
             format!(
                 "{:.0}% / {:.0}%",
                 s.server_cpu_share * 100.0,
-                s.loadgen_cpu_share * 100.0
+                s.loadgen_busy_share * 100.0
             )
         };
         let _ = writeln!(
@@ -538,6 +576,16 @@ fn nice_ceiling(v: f64) -> f64 {
         .map(|m| m * p)
         .find(|&c| c >= v)
         .unwrap_or(10.0 * p)
+}
+
+/// A ratio with 2 decimals, or 2 significant digits when small (0.0024).
+fn ratio_text(r: f64) -> String {
+    if r >= 0.1 || r <= 0.0 {
+        format!("{r:.2}")
+    } else {
+        let decimals = (-r.log10()).ceil() as usize + 1;
+        format!("{r:.decimals$}")
+    }
 }
 
 /// 1234567.0 -> "1.23M".

@@ -116,6 +116,73 @@ fn proc_stat_cpu_time(pid: u32) -> io::Result<Duration> {
     Ok(Duration::from_nanos(ticks * 1_000_000_000 / hz))
 }
 
+/// CPU time all CPUs of the machine spent busy (not idle or iowait), from
+/// /proc/stat; with the server's and our own CPU time subtracted it shows
+/// whether something else was running during a measurement.
+pub fn machine_busy_time() -> io::Result<Duration> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let line = stat
+        .lines()
+        .next()
+        .filter(|l| l.starts_with("cpu "))
+        .ok_or_else(|| io::Error::other("no cpu line in /proc/stat"))?;
+    let ticks: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|f| f.parse().unwrap_or(0))
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest time is inside user).
+    let busy: u64 = [0, 1, 2, 5, 6, 7]
+        .iter()
+        .filter_map(|&i| ticks.get(i))
+        .sum();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Ok(Duration::from_nanos(busy * 1_000_000_000 / hz))
+}
+
+/// `cpu / wall` for CPU time read from /proc/stat, or `None` when the
+/// interval is too short for its clock-tick (10 ms per CPU) resolution.
+pub fn proc_stat_share(cpu: Duration, wall: Duration) -> Option<f64> {
+    (wall >= Duration::from_millis(250)).then(|| cpu.as_secs_f64() / wall.as_secs_f64())
+}
+
+/// Waits until the machine's CPUs are busy for less than `max_share` of one
+/// CPU over half a second (the servers are idle meanwhile), at most `limit`.
+/// Returns whether it got quiet.
+pub fn wait_for_quiet(max_share: f64, limit: Duration) -> bool {
+    let window = Duration::from_millis(500);
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        let before = machine_busy_time().unwrap_or_default();
+        std::thread::sleep(window);
+        let busy = machine_busy_time()
+            .unwrap_or_default()
+            .saturating_sub(before);
+        if proc_stat_share(busy, window).is_some_and(|share| share <= max_share) {
+            return true;
+        }
+    }
+    false
+}
+
+/// The kernel's count of connections dropped because a listen queue was
+/// full (TcpExt ListenOverflows, machine-wide). A dropped SYN costs the
+/// client a 1 s retransmission timeout.
+pub fn listen_overflows() -> u64 {
+    let netstat = std::fs::read_to_string("/proc/net/netstat").unwrap_or_default();
+    let mut lines = netstat.lines().filter(|l| l.starts_with("TcpExt:"));
+    let (Some(names), Some(values)) = (lines.next(), lines.next()) else {
+        return 0;
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(name, _)| *name == "ListenOverflows")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0)
+}
+
 /// Resident set size of a process, in bytes (VmRSS from /proc/PID/status).
 pub fn process_rss_bytes(pid: u32) -> io::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
