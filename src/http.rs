@@ -295,7 +295,20 @@ pub(crate) struct Scan {
     /// Head plus body length, once the head has been parsed: then only the body's bytes
     /// are awaited, and the head is never parsed again.
     request_len: Option<usize>,
+    /// The client sent `Expect: 100-continue` and waits for a `100 Continue` before it
+    /// sends the body (curl does for bodies over 1 KiB).
+    continue_due: bool,
 }
+
+impl Scan {
+    /// Whether a `100 Continue` is due now; true once per request at most.
+    pub(crate) fn take_continue(&mut self) -> bool {
+        std::mem::take(&mut self.continue_due)
+    }
+}
+
+/// The interim answer to `Expect: 100-continue` (RFC 9110 §10.1.1).
+pub(crate) const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
 /// Checks whether `buf` holds a whole request (head and `Content-Length` body).
 pub(crate) fn progress(buf: &[u8], scan: &mut Scan, limits: &Limits) -> Progress {
@@ -337,6 +350,11 @@ pub(crate) fn progress(buf: &[u8], scan: &mut Scan, limits: &Limits) -> Progress
         return Progress::Invalid(Response::text(413, "request body too large"));
     }
     scan.request_len = Some(head_len + body_len);
+    scan.continue_due = body_len > 0
+        && buf.len() < head_len + body_len
+        && req.headers.iter().any(|h| {
+            h.name.eq_ignore_ascii_case("expect") && h.value.eq_ignore_ascii_case(b"100-continue")
+        });
     progress(buf, scan, limits)
 }
 

@@ -11,6 +11,7 @@ use std::mem;
 use std::net::{Shutdown, SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
+use bytes::Bytes;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 
@@ -422,7 +423,14 @@ impl<H: Handler> Server<H> {
         };
         handshake.buf.extend_from_slice(bytes);
         let len = match http::progress(&handshake.buf, &mut handshake.scan, &limits) {
-            Progress::Incomplete => return,
+            Progress::Incomplete => {
+                if handshake.scan.take_continue() {
+                    if let Some((conn, env)) = self.hub.split(id) {
+                        env.push(conn, id, Bytes::from_static(http::CONTINUE));
+                    }
+                }
+                return;
+            }
             Progress::Complete { len } => len,
             Progress::Invalid(response) => {
                 self.leave_handshake(id);

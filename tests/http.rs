@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -345,4 +345,27 @@ fn unservable_requests_get_specific_statuses_and_the_socket_closes() {
     assert_eq!(stats.rejected.other, 1); // 501
     assert_eq!(stats.rejected.total(), 9);
     assert_eq!(stats.handshakes_accepted, 0);
+}
+
+#[test]
+fn expect_100_continue_gets_an_interim_answer_before_the_body() {
+    let (site, log) = site();
+    let server = start(Config::default(), site);
+    let body = binary_body();
+    let mut s = raw_connect(server.addr);
+    let head = format!(
+        "POST /echo HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    // Like curl: the body follows only once the server said to go on.
+    let mut interim = [0u8; 25];
+    s.read_exact(&mut interim).unwrap();
+    assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n");
+    s.write_all(&body).unwrap();
+    let response = read_to_close(&mut s);
+    assert_eq!(status_line(&response), "HTTP/1.1 200 OK");
+    assert!(response.ends_with(&body), "the body was not echoed whole");
+    drop(server);
+    assert!(*log.lock().unwrap() == vec![seen("POST", "/echo", None, &body)]);
 }
