@@ -82,6 +82,11 @@ impl Default for Config {
 }
 
 impl Config {
+    /// The drain watermark in force: never above the backpressure limit.
+    pub(crate) fn watermark(&self) -> usize {
+        self.drain_watermark.min(self.max_backpressure)
+    }
+
     /// Most open WebSocket connections at once. An upgrade request beyond it gets
     /// `503 Service Unavailable` before the upgrade; plain HTTP requests are still answered.
     /// Default **10,000**.
