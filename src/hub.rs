@@ -254,10 +254,7 @@ impl<D> Env<D> {
         // the backpressure policy see what the peer has really not read, not a burst the
         // socket would take at once. A socket known to be full is not asked again before it
         // reports writable. (An error is left for the end-of-turn flush to meet and handle.)
-        let watermark = self
-            .config
-            .drain_watermark
-            .min(self.config.max_backpressure);
+        let watermark = self.config.watermark();
         if conn.outbox.queued() > watermark && !conn.blocked {
             let _ = self.write(conn);
         }

@@ -802,7 +802,7 @@ impl<H: Handler> Server<H> {
             conn.write_interest = blocked;
         }
         let queued = conn.outbox.queued();
-        let watermark = env.config.drain_watermark;
+        let watermark = env.config.watermark();
         if conn.pressured && queued <= watermark {
             conn.pressured = false;
             env.drained.push(id);
