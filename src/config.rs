@@ -83,6 +83,7 @@ impl Default for Config {
 
 impl Config {
     /// The drain watermark in force: never above the backpressure limit.
+    #[inline]
     pub(crate) fn watermark(&self) -> usize {
         self.drain_watermark.min(self.max_backpressure)
     }
