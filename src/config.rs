@@ -195,17 +195,19 @@ impl Config {
         self
     }
 
-    /// After the server sends a close frame, the time it waits for the peer's close frame
-    /// (and, after an HTTP answer or a finished close handshake, for the peer to close TCP)
-    /// before it drops the TCP connection. Default **5 s**.
+    /// After the server sends a close frame, the time it waits for the peer's close frame;
+    /// and once an HTTP answer or the close handshake is fully written, the time the peer
+    /// has to close TCP. (While an answer is still being written, the write-stall timeout
+    /// applies instead, so a slow download is not cut off.) Default **5 s**.
     pub fn close_timeout(mut self, d: Duration) -> Config {
         self.close_timeout = d;
         self
     }
 
-    /// A connection with bytes queued whose socket took no byte for this long is closed.
-    /// A slow reader that makes progress is never hit by this; a peer that stopped reading
-    /// entirely is. Default **30 s**.
+    /// A connection with bytes queued whose socket took no byte for this long is closed
+    /// (before that the server tries the socket once more). A slow reader that makes
+    /// progress is never hit by this, nor by the keepalive (its pong clock runs from the
+    /// last write); a peer that stopped reading entirely is. Default **30 s**.
     pub fn write_stall_timeout(mut self, d: Duration) -> Config {
         self.write_stall_timeout = d;
         self

@@ -19,6 +19,7 @@ use tungstenite::protocol::frame::CloseFrame;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::{Role, WebSocketConfig, WebSocketContext};
 
+use crate::boundary::Boundary;
 use crate::handler::Message;
 use crate::outbox::Outbox;
 
@@ -37,7 +38,11 @@ pub(crate) enum Phase<D> {
     },
     /// Nothing more to say: the last bytes (an HTTP answer, a close frame) go out, then our
     /// side shuts down and the peer's EOF (or a timeout) ends it.
-    Lingering { since: u64 },
+    Lingering {
+        since: u64,
+        /// The peer has shut down its side (EOF): once our bytes are out, we are done.
+        peer_closed: bool,
+    },
 }
 
 /// The request bytes read so far.
@@ -52,6 +57,8 @@ pub(crate) struct Session<D> {
     /// tungstenite's decoder and control-frame state machine, created when the peer first
     /// sends something: an idle connection holds no decode buffer.
     codec: Option<Box<WebSocketContext>>,
+    /// Where the inbound stream stands, to drop a decoder that grew for a large frame.
+    boundary: Boundary,
     pub(crate) data: D,
     /// When the server sent a keepalive ping that has not been answered by anything yet.
     pub(crate) ping_sent: Option<u64>,
@@ -132,6 +139,8 @@ impl<D> Connection<D> {
 impl<D> Session<D> {
     /// `pipelined` are bytes that came right after the HTTP request: the start of the stream.
     pub(crate) fn new(data: D, pipelined: Vec<u8>, config: &WebSocketConfig) -> Session<D> {
+        let mut boundary = Boundary::default();
+        boundary.scan(&pipelined);
         let codec = (!pipelined.is_empty()).then(|| {
             Box::new(WebSocketContext::from_partially_read(
                 pipelined,
@@ -141,6 +150,7 @@ impl<D> Session<D> {
         });
         Session {
             codec,
+            boundary,
             data,
             ping_sent: None,
         }
@@ -160,6 +170,7 @@ impl<D> Session<D> {
         control: &mut Vec<u8>,
         inbox: &mut Vec<Message>,
     ) -> Fed {
+        self.boundary.scan(input);
         let codec = self.codec(config);
         let mut io = Io {
             input,
@@ -179,6 +190,7 @@ impl<D> Session<D> {
                     return Fed::PeerClosed(frame);
                 }
                 Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.shed_large_codec(config);
                     return Fed::More;
                 }
                 Err(e) => {
@@ -192,6 +204,19 @@ impl<D> Session<D> {
                     return Fed::Failed { code, reason };
                 }
             }
+        }
+    }
+
+    /// Drops a decoder whose buffer grew past its configured size for a large frame, once it
+    /// holds nothing (between messages, nothing to send, no close under way): the next
+    /// frame gets a fresh, small one. A frame of up to `read_buffer_size` costs nothing.
+    fn shed_large_codec(&mut self, config: &WebSocketConfig) {
+        let grew = self.boundary.largest() > config.read_buffer_size as u64;
+        let idle =
+            self.boundary.between_messages() && self.codec.as_ref().is_some_and(|c| c.can_write());
+        if grew && idle {
+            self.codec = None;
+            self.boundary.reset_largest();
         }
     }
 

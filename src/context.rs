@@ -9,7 +9,9 @@ use crate::{ConnId, Frame, SendError, Stats, TimerId};
 /// The server, as a callback sees it: send, broadcast, close, per-connection data, timers.
 ///
 /// Everything here is non-blocking and re-entrancy safe. Frames are queued and written
-/// when the current batch of events is done (one vectored write per connection);
+/// when the current batch of events is done (one vectored write per connection), or at once
+/// in one write when a connection's queue passes
+/// [`Config::drain_watermark`](crate::Config::drain_watermark);
 /// [`close`](Ctx::close) starts the close handshake, and
 /// [`Handler::on_close`](crate::Handler::on_close) runs after the current callback returns.
 pub struct Ctx<'a, D> {
@@ -67,7 +69,8 @@ impl<'a, D> Ctx<'a, D> {
     /// 123 bytes) after what is already queued, and waits up to
     /// [`Config::close_timeout`](crate::Config::close_timeout) for the peer's close frame.
     /// No more data frames go to this connection. `code` should be 1000, 1001, 1008, 1011
-    /// or an application code in 3000–4999.
+    /// or an application code in 3000–4999; one that may not be sent (RFC 6455 §7.4, e.g.
+    /// 1005 or 1006) is refused with [`SendError::InvalidCloseCode`].
     pub fn close(&mut self, id: ConnId, code: u16, reason: &str) -> Result<(), SendError> {
         self.hub.close(id, code, reason)
     }

@@ -21,6 +21,9 @@ pub enum SendError {
     /// [`SlowConsumer::Close`](crate::SlowConsumer::Close): this send made the server close
     /// the connection (counted in [`Stats::slow_consumer_closes`](crate::Stats::slow_consumer_closes)).
     SlowConsumerClosed,
+    /// A close code that may not be sent (RFC 6455 §7.4: e.g. 1005, 1006, 1015, or below
+    /// 1000); nothing was sent.
+    InvalidCloseCode,
 }
 
 impl fmt::Display for SendError {
@@ -30,6 +33,7 @@ impl fmt::Display for SendError {
             SendError::Closing => "connection is closing",
             SendError::Dropped => "message dropped: connection's send queue is full",
             SendError::SlowConsumerClosed => "connection closed: its send queue was full",
+            SendError::InvalidCloseCode => "close code may not be sent (RFC 6455 section 7.4)",
         })
     }
 }
@@ -45,6 +49,8 @@ pub enum HandleError {
     Full,
     /// The server has stopped (or was dropped); nothing will be delivered.
     Stopped,
+    /// A close code that may not be sent (RFC 6455 §7.4); the command was not queued.
+    InvalidCloseCode,
 }
 
 impl fmt::Display for HandleError {
@@ -52,6 +58,7 @@ impl fmt::Display for HandleError {
         f.write_str(match self {
             HandleError::Full => "server command channel is full",
             HandleError::Stopped => "server has stopped",
+            HandleError::InvalidCloseCode => "close code may not be sent (RFC 6455 section 7.4)",
         })
     }
 }

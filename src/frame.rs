@@ -84,6 +84,13 @@ impl Frame {
     }
 }
 
+/// Whether `code` may be sent in a close frame (RFC 6455 §7.4.1–7.4.2): the defined codes
+/// 1000–1003 and 1007–1014, and 3000–4999 for libraries and applications. 1004–1006 and
+/// 1015 are reserved or only for reports, everything else is unassigned.
+pub(crate) fn sendable_close_code(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

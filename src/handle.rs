@@ -88,6 +88,9 @@ impl Handle {
 
     /// Starts the close handshake with a connection, as [`Ctx::close`](crate::Ctx::close).
     pub fn close(&self, id: ConnId, code: u16, reason: &str) -> Result<(), HandleError> {
+        if !crate::frame::sendable_close_code(code) {
+            return Err(HandleError::InvalidCloseCode);
+        }
         self.command(Command::Close(id, code, reason.to_owned()))
     }
 

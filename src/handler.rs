@@ -34,9 +34,10 @@ impl Message {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CloseInfo {
     /// The close code: the peer's if it sent a close frame first, else the server's (e.g.
-    /// 1001 on shutdown, 1002 protocol error, 1008 slow consumer, 1009 message too big), or
-    /// 1006 if the connection ended without a close handshake (reset, timeout). A peer's
-    /// close frame without a code is reported as 1005.
+    /// 1001 on shutdown, 1002 protocol error, 1008 slow consumer, 1009 message too big; also
+    /// when the peer never answered it, with `clean: false`), or 1006 if the connection
+    /// ended with no close frame from either side (reset, keepalive or write-stall timeout).
+    /// A peer's close frame without a code is reported as 1005.
     pub code: u16,
     /// The close reason, possibly empty.
     pub reason: String,

@@ -14,8 +14,9 @@ use bytes::Bytes;
 use slab::Slab;
 use tungstenite::protocol::WebSocketConfig;
 
-use crate::connection::{Connection, Phase};
-use crate::outbox::Flush;
+use crate::connection::{Connection, Phase, truncate};
+use crate::frame::sendable_close_code;
+use crate::outbox::{Flush, Kind};
 use crate::timers::{TimerId, TimerKey, Timers};
 use crate::{CloseInfo, Config, ConnId, Frame, SendError, SlowConsumer, Stats};
 
@@ -131,13 +132,17 @@ impl<D> Hub<D> {
                 Ok(()) => delivery.queued += 1,
                 Err(SendError::Dropped) => delivery.dropped += 1,
                 Err(SendError::SlowConsumerClosed) => delivery.closed += 1,
-                Err(SendError::Gone | SendError::Closing) => {}
+                // (Only `close` reports an invalid close code.)
+                Err(SendError::Gone | SendError::Closing | SendError::InvalidCloseCode) => {}
             }
         }
         delivery
     }
 
     pub(crate) fn close(&mut self, id: ConnId, code: u16, reason: &str) -> Result<(), SendError> {
+        if !sendable_close_code(code) {
+            return Err(SendError::InvalidCloseCode);
+        }
         let (conn, env) = self.split(id).ok_or(SendError::Gone)?;
         match conn.phase {
             Phase::Open(_) => {
@@ -149,9 +154,10 @@ impl<D> Hub<D> {
         }
     }
 
-    /// Sets an application timer `delay` from now.
+    /// Sets an application timer `delay` from now, and never in the current turn: a timer
+    /// re-armed from `on_timer` with no delay must not fire again before the loop polls.
     pub(crate) fn set_timer(&mut self, delay: Duration, token: u64) -> TimerId {
-        let at = self.env.after(delay);
+        let at = self.env.after(delay).max(self.env.now + 1);
         self.env.timers.set_app(at, token)
     }
 
@@ -182,7 +188,7 @@ impl<D> Env<D> {
 
     /// `d` from now, in ticks.
     pub(crate) fn after(&self, d: Duration) -> u64 {
-        self.now.saturating_add(d.as_millis() as u64)
+        self.now.saturating_add(millis(d))
     }
 
     /// Queues a data frame for one connection under the backpressure policy.
@@ -205,7 +211,7 @@ impl<D> Env<D> {
             .outbox
             .fits(frame.wire_len(), self.config.max_backpressure)
         {
-            self.push(conn, id, frame.wire().clone());
+            self.push(conn, id, Kind::Data, frame.wire().clone());
             self.stats.messages_out += 1;
             return Ok(());
         }
@@ -218,7 +224,7 @@ impl<D> Env<D> {
             SlowConsumer::Close => {
                 self.stats.slow_consumer_closes += 1;
                 // Its backlog will never be read in time: free it now, then say goodbye.
-                let dropped = conn.outbox.discard_unstarted();
+                let dropped = conn.outbox.discard_data();
                 self.stats.queued_bytes -= dropped;
                 self.start_close(conn, id, 1008, "slow consumer");
                 Err(SendError::SlowConsumerClosed)
@@ -240,14 +246,14 @@ impl<D> Env<D> {
         result
     }
 
-    /// Queues bytes that bypass the backpressure policy: HTTP answers and control frames.
-    pub(crate) fn push(&mut self, conn: &mut Connection<D>, id: ConnId, bytes: Bytes) {
+    /// Queues bytes as they are: the policy is the caller's business (see `offer`).
+    pub(crate) fn push(&mut self, conn: &mut Connection<D>, id: ConnId, kind: Kind, bytes: Bytes) {
         if conn.outbox.is_empty() {
             // The write-stall clock runs from the moment something waits.
             conn.last_write = self.now;
         }
         self.stats.queued_bytes += bytes.len();
-        conn.outbox.push(bytes);
+        conn.outbox.push(kind, bytes);
         self.stats.peak_queued_bytes = self.stats.peak_queued_bytes.max(conn.outbox.queued());
         // Writes are corked until the end of the turn, but only up to the watermark: past
         // it, the socket takes what it will now (one large write), so `buffered_amount` and
@@ -274,7 +280,7 @@ impl<D> Env<D> {
         if !self.control.is_empty() {
             let bytes = Bytes::copy_from_slice(&self.control);
             self.control.clear();
-            self.push(conn, id, bytes);
+            self.push(conn, id, Kind::Owed, bytes);
         }
     }
 
@@ -287,9 +293,13 @@ impl<D> Env<D> {
         reason: &str,
     ) {
         let since = self.now;
-        let Phase::Open(mut session) =
-            std::mem::replace(&mut conn.phase, Phase::Lingering { since })
-        else {
+        let Phase::Open(mut session) = std::mem::replace(
+            &mut conn.phase,
+            Phase::Lingering {
+                since,
+                peer_closed: false,
+            },
+        ) else {
             return;
         };
         session.close(&self.ws_config, code, reason, &mut self.control);
@@ -298,7 +308,7 @@ impl<D> Env<D> {
             session,
             since,
             code,
-            reason: reason.to_owned(),
+            reason: truncate(reason, 123).to_owned(),
         };
         self.schedule(conn, id);
     }
@@ -306,7 +316,13 @@ impl<D> Env<D> {
     /// Open/Closing → Lingering: the WebSocket is over; `on_close` is due.
     pub(crate) fn finish(&mut self, conn: &mut Connection<D>, id: ConnId, info: CloseInfo) {
         let since = self.now;
-        let data = match std::mem::replace(&mut conn.phase, Phase::Lingering { since }) {
+        let data = match std::mem::replace(
+            &mut conn.phase,
+            Phase::Lingering {
+                since,
+                peer_closed: false,
+            },
+        ) {
             Phase::Open(session) | Phase::Closing { session, .. } => session.data,
             other => {
                 conn.phase = other;
@@ -327,23 +343,29 @@ impl<D> Env<D> {
     /// The connection's next deadline in ticks.
     pub(crate) fn deadline(&self, conn: &Connection<D>) -> u64 {
         let c = &self.config;
-        let ms = |d: Duration| d.as_millis() as u64;
+        // Saturating: `Duration::MAX` is a fine way to say "never".
+        let at = |from: u64, d: Duration| from.saturating_add(millis(d));
+        let stall = at(conn.last_write, c.write_stall_timeout);
         match &conn.phase {
-            Phase::Handshaking(h) => h.since + ms(c.handshake_timeout),
+            Phase::Handshaking(h) => at(h.since, c.handshake_timeout),
             Phase::Open(session) => {
                 let keepalive = match session.ping_sent {
-                    Some(sent) => sent + ms(c.pong_timeout),
-                    None => conn.last_read + ms(c.ping_interval),
+                    // A peer still taking our bytes is alive, even if its pong is queued
+                    // behind them: the pong clock runs from the last write too.
+                    Some(sent) => at(sent.max(conn.last_write), c.pong_timeout),
+                    None => at(conn.last_read, c.ping_interval),
                 };
                 if conn.outbox.is_empty() {
                     keepalive
                 } else {
-                    keepalive.min(conn.last_write + ms(c.write_stall_timeout))
+                    keepalive.min(stall)
                 }
             }
-            Phase::Closing { since, .. } | Phase::Lingering { since } => {
-                since + ms(c.close_timeout)
-            }
+            Phase::Closing { since, .. } => at(*since, c.close_timeout),
+            // A long answer to a slow reader is not cut off while it makes progress; once
+            // all is written the peer has `close_timeout` to close its side.
+            Phase::Lingering { .. } if !conn.outbox.is_empty() => stall,
+            Phase::Lingering { since, .. } => at((*since).max(conn.last_write), c.close_timeout),
         }
     }
 
@@ -355,4 +377,9 @@ impl<D> Env<D> {
             self.timers.schedule(at, TimerKey::Conn(id));
         }
     }
+}
+
+/// `d` in ticks (milliseconds), saturating.
+pub(crate) fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }

@@ -39,13 +39,15 @@
 //! ```
 //!
 //! The modules, one concept each: `server` (the event loop), `connection` (a connection's
-//! state machine and read path), `http` (requests, the upgrade, responses), `outbox` (the
+//! state machine and read path), `boundary` (where the inbound stream stands, to shed a
+//! grown decoder), `http` (requests, the upgrade, responses), `outbox` (the
 //! per-connection queue and vectored writes), `frame` (encode-once frames), `hub` (the
 //! connection table, broadcast and backpressure policy), `context` ([`Ctx`]), `timers`,
 //! `handle` ([`Handle`]), `stats`, `config`, `id`, `error`.
 
 #![warn(missing_docs)]
 
+mod boundary;
 mod config;
 mod connection;
 mod context;

@@ -16,14 +16,25 @@ use bytes::{Buf, Bytes};
 /// without initialising kilobytes of slots that stay empty.
 const MAX_IOVECS: usize = 64;
 
+/// What a queued buffer is, for the backpressure policy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// A data frame: subject to the policy, dropped when a slow consumer is closed.
+    Data,
+    /// Owed to the peer whatever happens: the 101, an HTTP answer, a control frame.
+    Owed,
+}
+
 /// A FIFO of encoded frames with byte accounting.
 ///
-/// Invariant: `queued` is the sum of the lengths of the buffers in `frames`; every change to
-/// `frames` goes through a method here that keeps it.
+/// Invariant: `queued` is the sum of the lengths of the buffers in `frames`, and
+/// `data_queued` that of the `Kind::Data` ones; every change to `frames` goes through a
+/// method here that keeps both.
 #[derive(Default, Debug)]
 pub(crate) struct Outbox {
-    frames: VecDeque<Bytes>,
+    frames: VecDeque<(Kind, Bytes)>,
     queued: usize,
+    data_queued: usize,
     /// The front buffer has been partly written: it must be finished before anything else,
     /// or the peer would see half a frame.
     front_started: bool,
@@ -48,27 +59,42 @@ impl Outbox {
         self.frames.is_empty()
     }
 
-    /// Whether a data frame of `len` bytes may be queued under `limit`. An empty queue
-    /// always takes one frame, so a message larger than the limit can still be sent.
+    /// Whether a data frame of `len` bytes may be queued under `limit`. A queue without
+    /// data frames always takes one (what it owes the peer, such as the 101, does not
+    /// count), so a message larger than the limit can still be sent.
     pub(crate) fn fits(&self, len: usize, limit: usize) -> bool {
-        self.queued == 0 || self.queued + len <= limit
+        self.data_queued == 0 || self.queued + len <= limit
     }
 
-    pub(crate) fn push(&mut self, bytes: Bytes) {
+    pub(crate) fn push(&mut self, kind: Kind, bytes: Bytes) {
         if bytes.is_empty() {
             return;
         }
         self.queued += bytes.len();
-        self.frames.push_back(bytes);
+        if kind == Kind::Data {
+            self.data_queued += bytes.len();
+        }
+        self.frames.push_back((kind, bytes));
     }
 
-    /// Drops every buffer not yet started (a partly written front one stays, so the stream
-    /// stays well framed) and returns how many bytes were dropped. Used when a slow
-    /// consumer is closed: its backlog will never be read, so free it now.
-    pub(crate) fn discard_unstarted(&mut self) -> usize {
-        let keep = usize::from(self.front_started);
-        let dropped: usize = self.frames.drain(keep..).map(|b| b.len()).sum();
+    /// Drops every data frame not yet started (a partly written front one stays, so the
+    /// stream stays well framed; what is owed to the peer stays too) and returns how many
+    /// bytes were dropped. Used when a slow consumer is closed: its backlog will never be
+    /// read, so free it now.
+    pub(crate) fn discard_data(&mut self) -> usize {
+        let mut dropped = 0;
+        let mut index = 0;
+        let front_started = self.front_started;
+        self.frames.retain(|(kind, bytes)| {
+            let keep = *kind == Kind::Owed || (index == 0 && front_started);
+            index += 1;
+            if !keep {
+                dropped += bytes.len();
+            }
+            keep
+        });
         self.queued -= dropped;
+        self.data_queued -= dropped;
         if self.frames.is_empty() {
             // Give back the ring's memory: a closing connection won't need it again.
             self.frames = VecDeque::new();
@@ -83,7 +109,7 @@ impl Outbox {
         while !self.frames.is_empty() {
             let mut iov = [IoSlice::new(&[]); MAX_IOVECS];
             let mut count = 0;
-            for (slot, buf) in iov.iter_mut().zip(self.frames.iter()) {
+            for (slot, (_, buf)) in iov.iter_mut().zip(self.frames.iter()) {
                 *slot = IoSlice::new(buf);
                 count += 1;
             }
@@ -101,17 +127,20 @@ impl Outbox {
     fn advance(&mut self, mut n: usize) {
         self.queued -= n;
         while n > 0 {
-            let Some(front) = self.frames.front_mut() else {
+            let Some((kind, front)) = self.frames.front_mut() else {
                 return;
             };
-            if n >= front.len() {
-                n -= front.len();
+            let taken = n.min(front.len());
+            if *kind == Kind::Data {
+                self.data_queued -= taken;
+            }
+            n -= taken;
+            if taken == front.len() {
                 self.frames.pop_front();
                 self.front_started = false;
             } else {
-                front.advance(n);
+                front.advance(taken);
                 self.front_started = true;
-                n = 0;
             }
         }
     }
@@ -154,29 +183,31 @@ mod tests {
     #[test]
     fn partial_writes_resume_in_order_and_keep_accounting() {
         let mut outbox = Outbox::default();
-        outbox.push(Bytes::from_static(b"hello "));
-        outbox.push(Bytes::from_static(b"big "));
-        outbox.push(Bytes::from_static(b"world"));
-        assert_eq!(outbox.queued(), 15);
+        outbox.push(Kind::Data, Bytes::from_static(b"hello "));
+        outbox.push(Kind::Data, Bytes::from_static(b"big "));
+        outbox.push(Kind::Owed, Bytes::from_static(b"!"));
+        outbox.push(Kind::Data, Bytes::from_static(b"world"));
+        assert_eq!(outbox.queued(), 16);
         let mut sink = Trickle {
             out: Vec::new(),
             room: 8,
             blocked: false,
         };
         assert_eq!(outbox.write_to(&mut sink).unwrap(), Flush::Blocked);
-        assert_eq!(outbox.queued(), 7);
-        // The half-written "big " must survive a discard; "world" must not.
-        assert_eq!(outbox.discard_unstarted(), 5);
+        assert_eq!(outbox.queued(), 8);
+        // The half-written "big " and the owed "!" survive a discard; "world" does not.
+        assert_eq!(outbox.discard_data(), 5);
         assert_eq!(outbox.write_to(&mut sink).unwrap(), Flush::Done);
-        assert_eq!(sink.out, b"hello big ");
+        assert_eq!(sink.out, b"hello big !");
         assert_eq!(outbox.queued(), 0);
     }
 
     #[test]
-    fn an_empty_queue_takes_one_oversized_frame() {
+    fn a_queue_without_data_takes_one_oversized_frame() {
         let mut outbox = Outbox::default();
+        outbox.push(Kind::Owed, Bytes::from_static(b"HTTP/1.1 101 ..."));
         assert!(outbox.fits(1000, 10));
-        outbox.push(Bytes::from(vec![0; 1000]));
+        outbox.push(Kind::Data, Bytes::from(vec![0; 1000]));
         assert!(!outbox.fits(1, 10));
     }
 }

@@ -18,8 +18,8 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use crate::connection::{Connection, Fed, Handshake, Phase, Session};
 use crate::handle::{self, Command, Inbox};
 use crate::http::{self, Limits, Progress};
-use crate::hub::Hub;
-use crate::outbox::Flush;
+use crate::hub::{Hub, millis};
+use crate::outbox::{Flush, Kind};
 use crate::timers::{TimerId, TimerKey};
 use crate::{
     CloseInfo, Config, ConnId, Ctx, Frame, Handle, Handler, Message, Reply, Request, Response,
@@ -77,6 +77,8 @@ pub struct Server<H: Handler> {
     read_buf: Box<[u8]>,
     /// Messages decoded from one read, delivered once the decoder is released.
     messages: Vec<Message>,
+    /// What the decoder wants to send for one read, queued after those messages.
+    held: Vec<u8>,
     /// Connections whose reads were paused and may resume.
     resume: Vec<ConnId>,
     /// Connections that used their read budget with bytes left: read on next turn.
@@ -156,6 +158,7 @@ impl<H: Handler> Server<H> {
             handler,
             read_buf: vec![0; READ_BUFFER].into_boxed_slice(),
             messages: Vec::new(),
+            held: Vec::new(),
             resume: Vec::new(),
             carry: Vec::new(),
             inbox,
@@ -370,7 +373,15 @@ impl<H: Handler> Server<H> {
             let Some(conn) = self.hub.get_mut(id) else {
                 break;
             };
-            if conn.read_paused {
+            if conn.read_paused
+                || matches!(
+                    conn.phase,
+                    Phase::Lingering {
+                        peer_closed: true,
+                        ..
+                    }
+                )
+            {
                 break;
             }
             if conn.is_open() && conn.outbox.queued() > limit {
@@ -404,9 +415,24 @@ impl<H: Handler> Server<H> {
 
     fn on_eof(&mut self, id: ConnId) {
         // A peer may send its last request or close frame and shut down its side at once:
-        // what we owe it is still written before the socket goes.
+        // what we owe it is still written before the socket goes, if need be over several
+        // writable events (the connection lingers, reading nothing more).
         self.flush_conn(id);
-        self.remove(id, abnormal("connection closed without a close frame"));
+        let Some((conn, env)) = self.hub.split(id) else {
+            return;
+        };
+        if conn.outbox.is_empty() || matches!(conn.phase, Phase::Handshaking(_)) {
+            self.remove(id, abnormal("connection closed without a close frame"));
+            return;
+        }
+        env.finish(
+            conn,
+            id,
+            abnormal("connection closed without a close frame"),
+        );
+        if let Phase::Lingering { peer_closed, .. } = &mut conn.phase {
+            *peer_closed = true;
+        }
     }
 
     fn on_request_bytes(&mut self, id: ConnId, bytes: &[u8]) {
@@ -426,7 +452,7 @@ impl<H: Handler> Server<H> {
             Progress::Incomplete => {
                 if handshake.scan.take_continue() {
                     if let Some((conn, env)) = self.hub.split(id) {
-                        env.push(conn, id, Bytes::from_static(http::CONTINUE));
+                        env.push(conn, id, Kind::Owed, Bytes::from_static(http::CONTINUE));
                     }
                 }
                 return;
@@ -489,7 +515,13 @@ impl<H: Handler> Server<H> {
     fn leave_handshake(&mut self, id: ConnId) -> Option<Box<Handshake>> {
         let (conn, env) = self.hub.split(id)?;
         let since = env.now;
-        match mem::replace(&mut conn.phase, Phase::Lingering { since }) {
+        match mem::replace(
+            &mut conn.phase,
+            Phase::Lingering {
+                since,
+                peer_closed: false,
+            },
+        ) {
             Phase::Handshaking(handshake) => {
                 env.handshaking -= 1;
                 Some(handshake)
@@ -511,9 +543,9 @@ impl<H: Handler> Server<H> {
         if response.status() >= 400 {
             env.stats.rejected.count(response.status());
         }
-        env.push(conn, id, head);
+        env.push(conn, id, Kind::Owed, head);
         if !body.is_empty() {
-            env.push(conn, id, body);
+            env.push(conn, id, Kind::Owed, body);
         }
         env.schedule(conn, id);
     }
@@ -529,7 +561,12 @@ impl<H: Handler> Server<H> {
         let Some((conn, env)) = self.hub.split(id) else {
             return;
         };
-        env.push(conn, id, http::switching_protocols(accept_key, protocol));
+        env.push(
+            conn,
+            id,
+            Kind::Owed,
+            http::switching_protocols(accept_key, protocol),
+        );
         env.stats.handshakes_accepted += 1;
         env.stats.open_connections += 1;
         let has_pipelined = !pipelined.is_empty();
@@ -544,19 +581,28 @@ impl<H: Handler> Server<H> {
     }
 
     fn on_frame_bytes(&mut self, id: ConnId, bytes: &[u8]) {
-        let mut inbox = mem::take(&mut self.messages);
-        let fed = {
-            let Some((conn, env)) = self.hub.split(id) else {
-                return;
-            };
-            let Some(session) = conn.session_mut() else {
-                return;
-            };
-            session.ping_sent = None;
-            let fed = session.feed(&env.ws_config, bytes, &mut env.control, &mut inbox);
-            env.push_control(conn, id);
-            fed
+        let Some((conn, env)) = self.hub.split(id) else {
+            return;
         };
+        // Whether this read may carry the answer to a close we sent.
+        let answering = matches!(conn.phase, Phase::Closing { .. });
+        let Some(session) = conn.session_mut() else {
+            return;
+        };
+        session.ping_sent = None;
+        // What the codec wants to send goes out before the messages of this read are handled
+        // when it is only pongs ("as soon as practical", RFC 6455 §5.5.2). When it ends
+        // with a close frame (the reply to the peer's close, or ours after a protocol error)
+        // it waits: a reply a callback sends to a message decoded before the close must go
+        // out first, as nothing may follow a close frame (§5.5.1).
+        let mut inbox = mem::take(&mut self.messages);
+        let mut held = mem::take(&mut self.held);
+        let fed = session.feed(&env.ws_config, bytes, &mut held, &mut inbox);
+        let closing = !matches!(fed, Fed::More);
+        if !closing && !held.is_empty() {
+            env.push(conn, id, Kind::Owed, Bytes::copy_from_slice(&held));
+            held.clear();
+        }
         for msg in inbox.drain(..) {
             // A callback may have closed this connection: the rest is not delivered.
             if !self.hub.get(id).is_some_and(|c| c.is_open()) {
@@ -568,31 +614,35 @@ impl<H: Handler> Server<H> {
                 .on_message(&mut Ctx::new(&mut self.hub), id, msg);
         }
         self.messages = inbox;
-
         let Some((conn, env)) = self.hub.split(id) else {
+            held.clear();
+            self.held = held;
             return;
         };
+        if !held.is_empty() {
+            env.push(conn, id, Kind::Owed, Bytes::copy_from_slice(&held));
+            held.clear();
+        }
+        self.held = held;
         match fed {
             Fed::More => {}
             Fed::PeerClosed(frame) => {
-                let info = match &conn.phase {
-                    // Our close was answered.
-                    Phase::Closing { code, reason, .. } => CloseInfo {
+                let info = match (&conn.phase, frame) {
+                    // The peer answered our close.
+                    (Phase::Closing { code, reason, .. }, _) if answering => CloseInfo {
                         code: *code,
                         reason: reason.clone(),
                         clean: true,
                     },
-                    _ => match frame {
-                        Some(f) => CloseInfo {
-                            code: f.code.into(),
-                            reason: f.reason.to_string(),
-                            clean: true,
-                        },
-                        None => CloseInfo {
-                            code: 1005,
-                            reason: String::new(),
-                            clean: true,
-                        },
+                    (_, Some(f)) => CloseInfo {
+                        code: f.code.into(),
+                        reason: f.reason.to_string(),
+                        clean: true,
+                    },
+                    (_, None) => CloseInfo {
+                        code: 1005,
+                        reason: String::new(),
+                        clean: true,
                     },
                 };
                 env.finish(conn, id, info);
@@ -626,7 +676,14 @@ impl<H: Handler> Server<H> {
                     Err(SendError::Gone | SendError::Closing) => {
                         self.hub.env.stats.dropped_messages += 1
                     }
-                    Ok(()) | Err(SendError::Dropped | SendError::SlowConsumerClosed) => {}
+                    // Already counted by the policy (an invalid close code cannot come
+                    // from a send).
+                    Ok(())
+                    | Err(
+                        SendError::Dropped
+                        | SendError::SlowConsumerClosed
+                        | SendError::InvalidCloseCode,
+                    ) => {}
                 },
                 Command::Broadcast(frame) => {
                     self.hub.broadcast(&frame, |_, _| true);
@@ -670,13 +727,15 @@ impl<H: Handler> Server<H> {
             env.schedule(conn, id);
             return;
         }
-        let stall = env.config.write_stall_timeout.as_millis() as u64;
+        let stall = millis(env.config.write_stall_timeout);
         let expired = match &mut conn.phase {
             Phase::Handshaking(_) => {
                 env.stats.handshake_timeouts += 1;
                 abnormal("handshake timeout")
             }
-            Phase::Open(_) if !conn.outbox.is_empty() && now >= conn.last_write + stall => {
+            Phase::Open(_)
+                if !conn.outbox.is_empty() && now >= conn.last_write.saturating_add(stall) =>
+            {
                 // The kernel may have been draining its own (large) buffer all along without
                 // making the socket writable again: a write now tells whether the peer reads.
                 match env.write(conn) {
@@ -702,7 +761,7 @@ impl<H: Handler> Server<H> {
             }
             Phase::Open(session) => {
                 session.ping_sent = Some(now);
-                env.push(conn, id, Frame::ping());
+                env.push(conn, id, Kind::Owed, Frame::ping());
                 env.schedule(conn, id);
                 return;
             }
@@ -816,6 +875,19 @@ impl<H: Handler> Server<H> {
             // bytes are not lost to a reset.
             let _ = conn.sock.shutdown(Shutdown::Write);
             conn.write_shut = true;
+        }
+        if !blocked
+            && matches!(
+                conn.phase,
+                Phase::Lingering {
+                    peer_closed: true,
+                    ..
+                }
+            )
+        {
+            // Both sides are done.
+            self.remove(id, abnormal("connection closed"));
+            return;
         }
         env.schedule(conn, id);
     }

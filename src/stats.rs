@@ -95,7 +95,8 @@ pub struct Stats {
     pub close_timeouts: u64,
     /// Connections closed because their queue did not drain at all for too long.
     pub write_stall_timeouts: u64,
-    /// Connections failed for a protocol violation (close codes 1002, 1007, 1009).
+    /// Connections failed while decoding what the peer sent (close codes 1002 protocol
+    /// error, 1007 invalid UTF-8, 1009 too big, 1011 other decoder errors).
     pub protocol_errors: u64,
     /// Episodes in which accepting failed for lack of resources (e.g. EMFILE) and paused.
     pub accept_pauses: u64,
