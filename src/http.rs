@@ -401,7 +401,10 @@ fn body_length(headers: &[httparse::Header<'_>]) -> Result<usize, Response> {
         if h.name.eq_ignore_ascii_case("content-length") {
             let parsed = std::str::from_utf8(h.value)
                 .ok()
-                .and_then(|v| v.trim().parse::<usize>().ok())
+                .map(str::trim)
+                // Digits only (RFC 9110 §8.6): `parse` would also take "+5".
+                .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|v| v.parse::<usize>().ok())
                 .ok_or_else(|| Response::text(400, "invalid Content-Length"))?;
             if length.is_some_and(|l| l != parsed) {
                 return Err(Response::text(400, "conflicting Content-Length headers"));
@@ -628,6 +631,11 @@ mod tests {
         let mut s = Scan::default();
         assert!(
             matches!(progress(b"GET / HTTP/1.1\r\nBad Header\r\n\r\n", &mut s, &LIMITS), Progress::Invalid(r) if r.status() == 400)
+        );
+        let mut s = Scan::default();
+        let signed = b"POST / HTTP/1.1\r\nContent-Length: +5\r\n\r\nhello";
+        assert!(
+            matches!(progress(signed, &mut s, &LIMITS), Progress::Invalid(r) if r.status() == 400)
         );
     }
 }
