@@ -7,7 +7,7 @@
 //! no partial frame, the decoder holds nothing and can be dropped (and made afresh, small,
 //! when the peer next sends something).
 
-/// Follows frame boundaries; costs a few bytes per connection.
+/// Follows frame boundaries; lives beside the decoder, so an idle connection has neither.
 #[derive(Debug, Default)]
 pub(crate) struct Boundary {
     /// The header of the frame being read, while incomplete.
@@ -17,7 +17,7 @@ pub(crate) struct Boundary {
     remaining: u64,
     /// A fragmented data message has started and not finished.
     fragmented: bool,
-    /// Largest frame payload seen since the last `reset`.
+    /// Largest frame payload seen (by this decoder).
     largest: u64,
 }
 
@@ -55,14 +55,9 @@ impl Boundary {
         self.header_len == 0 && self.remaining == 0 && !self.fragmented
     }
 
-    /// Largest frame payload since the last `reset`.
+    /// Largest frame payload seen.
     pub(crate) fn largest(&self) -> u64 {
         self.largest
-    }
-
-    /// Forgets the largest frame seen (the decoder that held it is gone).
-    pub(crate) fn reset_largest(&mut self) {
-        self.largest = 0;
     }
 
     /// The payload length once the header is complete.

@@ -56,12 +56,16 @@ pub(crate) struct Handshake {
 pub(crate) struct Session<D> {
     /// tungstenite's decoder and control-frame state machine, created when the peer first
     /// sends something: an idle connection holds no decode buffer.
-    codec: Option<Box<WebSocketContext>>,
-    /// Where the inbound stream stands, to drop a decoder that grew for a large frame.
-    boundary: Boundary,
+    codec: Option<Box<Codec>>,
     pub(crate) data: D,
     /// When the server sent a keepalive ping that has not been answered by anything yet.
     pub(crate) ping_sent: Option<u64>,
+}
+
+/// tungstenite's decoder with the tracker that tells when it holds nothing.
+struct Codec {
+    ws: WebSocketContext,
+    boundary: Boundary,
 }
 
 /// What feeding bytes to a session produced, besides messages.
@@ -139,26 +143,28 @@ impl<D> Connection<D> {
 impl<D> Session<D> {
     /// `pipelined` are bytes that came right after the HTTP request: the start of the stream.
     pub(crate) fn new(data: D, pipelined: Vec<u8>, config: &WebSocketConfig) -> Session<D> {
-        let mut boundary = Boundary::default();
-        boundary.scan(&pipelined);
         let codec = (!pipelined.is_empty()).then(|| {
-            Box::new(WebSocketContext::from_partially_read(
-                pipelined,
-                Role::Server,
-                Some(*config),
-            ))
+            let mut boundary = Boundary::default();
+            boundary.scan(&pipelined);
+            Box::new(Codec {
+                ws: WebSocketContext::from_partially_read(pipelined, Role::Server, Some(*config)),
+                boundary,
+            })
         });
         Session {
             codec,
-            boundary,
             data,
             ping_sent: None,
         }
     }
 
-    fn codec(&mut self, config: &WebSocketConfig) -> &mut WebSocketContext {
-        self.codec
-            .get_or_insert_with(|| Box::new(WebSocketContext::new(Role::Server, Some(*config))))
+    fn codec(&mut self, config: &WebSocketConfig) -> &mut Codec {
+        self.codec.get_or_insert_with(|| {
+            Box::new(Codec {
+                ws: WebSocketContext::new(Role::Server, Some(*config)),
+                boundary: Boundary::default(),
+            })
+        })
     }
 
     /// Decodes `input`, appending complete messages to `inbox` and every byte tungstenite
@@ -170,8 +176,11 @@ impl<D> Session<D> {
         control: &mut Vec<u8>,
         inbox: &mut Vec<Message>,
     ) -> Fed {
-        self.boundary.scan(input);
-        let codec = self.codec(config);
+        let Codec {
+            ws: codec,
+            boundary,
+        } = self.codec(config);
+        boundary.scan(input);
         let mut io = Io {
             input,
             output: control,
@@ -211,12 +220,13 @@ impl<D> Session<D> {
     /// holds nothing (between messages, nothing to send, no close under way): the next
     /// frame gets a fresh, small one. A frame of up to `read_buffer_size` costs nothing.
     fn shed_large_codec(&mut self, config: &WebSocketConfig) {
-        let grew = self.boundary.largest() > config.read_buffer_size as u64;
-        let idle =
-            self.boundary.between_messages() && self.codec.as_ref().is_some_and(|c| c.can_write());
-        if grew && idle {
+        let shed = self.codec.as_ref().is_some_and(|c| {
+            c.boundary.largest() > config.read_buffer_size as u64
+                && c.boundary.between_messages()
+                && c.ws.can_write()
+        });
+        if shed {
             self.codec = None;
-            self.boundary.reset_largest();
         }
     }
 
@@ -236,7 +246,7 @@ impl<D> Session<D> {
             input: &[],
             output: control,
         };
-        let _ = self.codec(config).close(&mut io, Some(frame));
+        let _ = self.codec(config).ws.close(&mut io, Some(frame));
     }
 }
 
