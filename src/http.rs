@@ -44,6 +44,28 @@ impl<'a> Request<'a> {
         self.target.split_once('?').map(|(_, query)| query)
     }
 
+    /// The value of the first `key=value` pair named `key` in the query string,
+    /// percent-decoded (`+` is a space, as in HTML forms). `None` if there is no such pair,
+    /// or if its value is not valid percent-encoded UTF-8. A key without `=` has an empty
+    /// value.
+    ///
+    /// ```
+    /// # fn demo(req: &wshub::Request<'_>) {
+    /// // GET /ws?name=J%C3%BCrgen+K&room=lobby
+    /// let name = req.query_param("name"); // Some("Jürgen K")
+    /// # let _ = name;
+    /// # }
+    /// ```
+    pub fn query_param(&self, key: &str) -> Option<String> {
+        let value = self
+            .query()?
+            .split('&')
+            .map(|pair| pair.split_once('=').unwrap_or((pair, "")))
+            .find(|(k, _)| *k == key)?
+            .1;
+        percent_decode(value)
+    }
+
     /// The first header of this name (case-insensitive), if its value is UTF-8.
     pub fn header(&self, name: &str) -> Option<&'a str> {
         self.headers()
@@ -385,8 +407,43 @@ pub(crate) fn parse(buf: &[u8], peer: Option<SocketAddr>) -> Option<Request<'_>>
     })
 }
 
+/// `%XX` escapes and `+` for space (application/x-www-form-urlencoded); `None` for a
+/// broken escape or bytes that are not UTF-8.
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 2;
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).ok()
+}
+
+/// The length of the head: up to and including the empty line that ends it. Lines end in
+/// CRLF, or in a bare LF, which httparse (and RFC 9112 §2.2) tolerates too.
 fn find_head_end(buf: &[u8]) -> Option<usize> {
-    buf.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4)
+    let mut from = 0;
+    while let Some(lf) = buf[from..]
+        .iter()
+        .position(|&b| b == b'\n')
+        .map(|p| from + p)
+    {
+        match (buf.get(lf + 1), buf.get(lf + 2)) {
+            (Some(b'\n'), _) => return Some(lf + 2),
+            (Some(b'\r'), Some(b'\n')) => return Some(lf + 3),
+            _ => from = lf + 1,
+        }
+    }
+    None
 }
 
 fn body_length(headers: &[httparse::Header<'_>]) -> Result<usize, Response> {
@@ -589,6 +646,33 @@ mod tests {
             (req.method(), req.path(), req.body()),
             ("POST", "/push", &b"abc"[..])
         );
+    }
+
+    #[test]
+    fn heads_may_end_lines_in_bare_lf() {
+        for raw in [
+            &b"GET / HTTP/1.1\nHost: x\n\nrest"[..],
+            b"GET / HTTP/1.1\r\nHost: x\r\n\r\nrest",
+        ] {
+            let mut scan = Scan::default();
+            let len = raw.len() - 4;
+            assert!(
+                matches!(progress(raw, &mut scan, &LIMITS), Progress::Complete { len: l } if l == len)
+            );
+            assert_eq!(parse(&raw[..len], None).unwrap().header("host"), Some("x"));
+        }
+    }
+
+    #[test]
+    fn query_params_are_percent_decoded() {
+        let raw = b"GET /ws?room=lobby&name=J%C3%BCrgen+K&flag&bad=%G1&nul=%FF HTTP/1.1\r\n\r\n";
+        let req = parse(raw, None).unwrap();
+        assert_eq!(req.query_param("name").as_deref(), Some("Jürgen K"));
+        assert_eq!(req.query_param("room").as_deref(), Some("lobby"));
+        assert_eq!(req.query_param("flag").as_deref(), Some(""));
+        assert_eq!(req.query_param("bad"), None);
+        assert_eq!(req.query_param("nul"), None);
+        assert_eq!(req.query_param("missing"), None);
     }
 
     #[test]

@@ -478,6 +478,11 @@ impl<H: Handler> Server<H> {
             Reply::Respond(Response::text(503, "server shutting down"))
         };
         let refusal = match reply {
+            Reply::Respond(response) if req.method() == "HEAD" => {
+                // What a GET would get, without the body (RFC 9110 §9.3.2).
+                self.respond_with(id, &response, false);
+                return;
+            }
             Reply::Respond(response) => response,
             Reply::Accept { data, protocol } => match self.check_upgrade(&req, protocol) {
                 Ok((accept_key, protocol)) => {
@@ -535,6 +540,12 @@ impl<H: Handler> Server<H> {
 
     /// Queues a plain HTTP answer; the connection lingers and closes once it is written.
     fn respond(&mut self, id: ConnId, response: &Response) {
+        self.respond_with(id, response, true);
+    }
+
+    /// `with_body: false` answers a HEAD request: the head names the body's length, but
+    /// the body stays home.
+    fn respond_with(&mut self, id: ConnId, response: &Response, with_body: bool) {
         let Some((conn, env)) = self.hub.split(id) else {
             return;
         };
@@ -544,7 +555,7 @@ impl<H: Handler> Server<H> {
             env.stats.rejected.count(response.status());
         }
         env.push(conn, id, Kind::Owed, head);
-        if !body.is_empty() {
+        if with_body && !body.is_empty() {
             env.push(conn, id, Kind::Owed, body);
         }
         env.schedule(conn, id);

@@ -369,3 +369,18 @@ fn expect_100_continue_gets_an_interim_answer_before_the_body() {
     drop(server);
     assert!(*log.lock().unwrap() == vec![seen("POST", "/echo", None, &body)]);
 }
+
+#[test]
+fn head_gets_the_head_of_the_answer_without_its_body() {
+    let (site, _) = site();
+    let server = start(Config::default(), site);
+    // The site answers both with the same 404 and its reason.
+    let get = raw_exchange(server.addr, b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n");
+    let head = raw_exchange(server.addr, b"HEAD /nope HTTP/1.1\r\nHost: x\r\n\r\n");
+    let get_head = &get[..get.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4];
+    assert!(!body(&get).is_empty());
+    assert_eq!(
+        head, get_head,
+        "HEAD is GET's head, Content-Length included, and nothing more"
+    );
+}

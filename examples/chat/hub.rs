@@ -975,11 +975,7 @@ impl Handler for Chat {
                 if let Err(refusal) = req.check_same_origin() {
                     return Reply::Respond(refusal);
                 }
-                let param = |key: &str| {
-                    req.query()
-                        .and_then(|q| query_param(q, key))
-                        .and_then(percent_decode)
-                };
+                let param = |key: &str| req.query_param(key);
                 let now = Instant::now();
                 Reply::accept(Conn {
                     join: Some(JoinRequest {
@@ -1180,37 +1176,6 @@ fn json_error(status: u16, code: &str, message: &str) -> Response {
         status,
         json!({ "ok": false, "error": code, "message": message }).to_string(),
     )
-}
-
-/// The raw value of `key` in a query string (`a=1&b=2`).
-fn query_param<'a>(query: &'a str, key: &str) -> Option<&'a str> {
-    query
-        .split('&')
-        .filter_map(|pair| pair.split_once('=').or(Some((pair, ""))))
-        .find(|(k, _)| *k == key)
-        .map(|(_, v)| v)
-}
-
-/// `application/x-www-form-urlencoded` decoding: `+` is a space, `%XX` a byte; the result
-/// must be UTF-8.
-fn percent_decode(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' => {
-                let hex = bytes.get(i + 1..i + 3)?;
-                let hex = std::str::from_utf8(hex).ok()?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
-                i += 2;
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8(out).ok()
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
