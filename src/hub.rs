@@ -242,7 +242,9 @@ impl<D> Env<D> {
         if written > 0 {
             conn.last_write = self.now;
         }
-        conn.blocked = matches!(result, Ok(Flush::Blocked));
+        // After an error the socket is as good as full: the end-of-turn flush (or the
+        // error event poll reports) deals with it; pushes until then need not try again.
+        conn.blocked = !matches!(result, Ok(Flush::Done));
         result
     }
 
