@@ -3,34 +3,39 @@
 use std::time::Duration;
 
 use crate::connection::Phase;
-use crate::hub::{Delivery, Hub};
+use crate::server::{Core, Delivery};
 use crate::{ConnId, Frame, SendError, Stats, TimerId};
 
-/// The server, as a callback sees it: send, broadcast, close, per-connection data, timers.
+/// The server, as a callback sees it: send, broadcast, publish to topics, close,
+/// per-connection data, timers.
 ///
 /// Everything here is non-blocking and re-entrancy safe. Frames are queued and written
-/// when the current batch of events is done (one vectored write per connection), or at once
-/// in one write when a connection's queue passes
+/// when the current loop turn is done (one vectored write per connection), or at once in one
+/// write when a connection's queue passes
 /// [`Config::drain_watermark`](crate::Config::drain_watermark);
 /// [`close`](Ctx::close) starts the close handshake, and
 /// [`Handler::on_close`](crate::Handler::on_close) runs after the current callback returns.
+///
+/// Whatever mix of [`send`](Ctx::send), [`broadcast`](Ctx::broadcast) and
+/// [`publish`](Ctx::publish) a callback uses, each connection receives the frames in the
+/// order they were queued for it.
 pub struct Ctx<'a, D> {
-    hub: &'a mut Hub<D>,
+    core: &'a mut Core<D>,
 }
 
 impl<'a, D> Ctx<'a, D> {
-    pub(crate) fn new(hub: &'a mut Hub<D>) -> Ctx<'a, D> {
-        Ctx { hub }
+    pub(crate) fn new(core: &'a mut Core<D>) -> Ctx<'a, D> {
+        Ctx { core }
     }
 
     /// Queues `frame` for one connection, under the backpressure policy
     /// ([`Config::max_backpressure`](crate::Config::max_backpressure)).
     pub fn send(&mut self, id: ConnId, frame: &Frame) -> Result<(), SendError> {
-        self.hub.send(id, frame)
+        self.core.send(id, frame)
     }
 
-    /// Queues `frame` for every open connection. The frame is encoded once; each recipient
-    /// gets a reference to the same bytes.
+    /// Queues `frame` for every open connection. The frame is encoded once, and copied once
+    /// into the loop's turn buffer; each recipient only records where it is.
     ///
     /// ```
     /// # fn demo(ctx: &mut wshub::Ctx<'_, ()>) {
@@ -39,17 +44,19 @@ impl<'a, D> Ctx<'a, D> {
     /// # }
     /// ```
     pub fn broadcast(&mut self, frame: &Frame) -> Delivery {
-        self.hub.broadcast(frame, |_, _| true)
+        self.core.broadcast(frame, |_, _| true)
     }
 
-    /// Queues `frame` for every open connection whose data passes `filter`, e.g. the
-    /// members of a room:
+    /// Queues `frame` for every open connection whose data passes `filter`. This walks
+    /// every connection (O(all connections), a filter call each): for groups that are known
+    /// in advance, such as rooms, [`subscribe`](Ctx::subscribe) and
+    /// [`publish`](Ctx::publish) cost O(members) instead.
     ///
     /// ```
-    /// # struct User { room: String }
+    /// # struct User { admin: bool }
     /// # fn demo(ctx: &mut wshub::Ctx<'_, User>) {
-    /// let frame = wshub::Frame::text("hello, lobby");
-    /// ctx.broadcast_to(&frame, |_, user| user.room == "lobby");
+    /// let frame = wshub::Frame::text("maintenance at noon");
+    /// ctx.broadcast_to(&frame, |_, user| user.admin);
     /// # }
     /// ```
     pub fn broadcast_to(
@@ -57,12 +64,63 @@ impl<'a, D> Ctx<'a, D> {
         frame: &Frame,
         filter: impl FnMut(ConnId, &D) -> bool,
     ) -> Delivery {
-        self.hub.broadcast(frame, filter)
+        self.core.broadcast(frame, filter)
     }
 
     /// Queues `frame` for every open connection but `except` (typically the sender).
     pub fn broadcast_except(&mut self, frame: &Frame, except: ConnId) -> Delivery {
-        self.hub.broadcast(frame, |id, _| id != except)
+        self.core.broadcast(frame, |id, _| id != except)
+    }
+
+    /// Subscribes an open connection to `topic` (any string; topics exist while they have
+    /// subscribers). Returns `Ok(false)` if it was subscribed already. O(1) amortised.
+    /// Subscriptions end when the connection closes, before
+    /// [`Handler::on_close`](crate::Handler::on_close) runs.
+    ///
+    /// ```
+    /// # fn demo(ctx: &mut wshub::Ctx<'_, ()>, id: wshub::ConnId) {
+    /// use wshub::Frame;
+    /// ctx.subscribe(id, "room:lobby").ok();
+    /// // Later, from any callback: O(subscribers), whatever the number of connections.
+    /// ctx.publish("room:lobby", &Frame::text("hello, lobby"));
+    /// # }
+    /// ```
+    pub fn subscribe(&mut self, id: ConnId, topic: &str) -> Result<bool, SendError> {
+        self.core.subscribe(id, topic)
+    }
+
+    /// Unsubscribes a connection from `topic`. Returns `Ok(false)` if it was not subscribed
+    /// (or the topic does not exist). O(1) amortised.
+    pub fn unsubscribe(&mut self, id: ConnId, topic: &str) -> Result<bool, SendError> {
+        self.core.unsubscribe(id, topic)
+    }
+
+    /// Queues `frame` for every subscriber of `topic`, under the backpressure policy; costs
+    /// O(subscribers), never a walk over all connections. A topic without subscribers
+    /// delivers to nobody.
+    pub fn publish(&mut self, topic: &str, frame: &Frame) -> Delivery {
+        self.core.publish(topic, frame, None)
+    }
+
+    /// Queues `frame` for every subscriber of `topic` but `except` (typically the sender).
+    pub fn publish_except(&mut self, topic: &str, except: ConnId, frame: &Frame) -> Delivery {
+        self.core.publish(topic, frame, Some(except))
+    }
+
+    /// How many connections are subscribed to `topic`.
+    pub fn subscriber_count(&self, topic: &str) -> usize {
+        self.core.topics.subscribers(topic).len()
+    }
+
+    /// The connections subscribed to `topic`, in no particular order.
+    pub fn subscribers(&self, topic: &str) -> impl ExactSizeIterator<Item = ConnId> + '_ {
+        self.core.topics.subscribers(topic).iter().copied()
+    }
+
+    /// The topics a connection is subscribed to, in no particular order (none for a closed
+    /// or stale id).
+    pub fn topics(&self, id: ConnId) -> impl Iterator<Item = &str> + '_ {
+        self.core.topics.of(id)
     }
 
     /// Starts the close handshake: queues a close frame with `code` and `reason` (cut to
@@ -72,12 +130,12 @@ impl<'a, D> Ctx<'a, D> {
     /// or an application code in 3000–4999; one that may not be sent (RFC 6455 §7.4, e.g.
     /// 1005 or 1006) is refused with [`SendError::InvalidCloseCode`].
     pub fn close(&mut self, id: ConnId, code: u16, reason: &str) -> Result<(), SendError> {
-        self.hub.close(id, code, reason)
+        self.core.close(id, code, reason)
     }
 
     /// The data of an open connection.
     pub fn data(&self, id: ConnId) -> Option<&D> {
-        match &self.hub.get(id)?.phase {
+        match &self.core.get(id)?.phase {
             Phase::Open(s) | Phase::Closing { session: s, .. } => Some(&s.data),
             _ => None,
         }
@@ -85,12 +143,12 @@ impl<'a, D> Ctx<'a, D> {
 
     /// The data of an open connection, to change.
     pub fn data_mut(&mut self, id: ConnId) -> Option<&mut D> {
-        self.hub.get_mut(id)?.session_mut().map(|s| &mut s.data)
+        self.core.get_mut(id)?.session_mut().map(|s| &mut s.data)
     }
 
     /// Every open connection (not those closing) with its data, in table order.
     pub fn connections(&self) -> impl Iterator<Item = (ConnId, &D)> + '_ {
-        self.hub
+        self.core
             .conns
             .iter()
             .filter_map(|(key, conn)| match &conn.phase {
@@ -101,7 +159,7 @@ impl<'a, D> Ctx<'a, D> {
 
     /// How many WebSocket connections are open (including those closing).
     pub fn len(&self) -> usize {
-        self.hub.open_count()
+        self.core.open_count()
     }
 
     /// Whether no WebSocket connection is open.
@@ -111,7 +169,7 @@ impl<'a, D> Ctx<'a, D> {
 
     /// Bytes queued for a connection and not yet taken by its socket.
     pub fn buffered_amount(&self, id: ConnId) -> Option<usize> {
-        self.hub
+        self.core
             .get(id)
             .filter(|c| matches!(c.phase, Phase::Open(_) | Phase::Closing { .. }))
             .map(|c| c.outbox.queued())
@@ -119,22 +177,22 @@ impl<'a, D> Ctx<'a, D> {
 
     /// The server's counters now.
     pub fn stats(&self) -> Stats {
-        self.hub.stats()
+        self.core.stats()
     }
 
     /// Calls [`Handler::on_timer`](crate::Handler::on_timer) with `token` after `delay`
     /// (on the next loop turn at the earliest).
     pub fn set_timer(&mut self, delay: Duration, token: u64) -> TimerId {
-        self.hub.set_timer(delay, token)
+        self.core.set_timer(delay, token)
     }
 
     /// Cancels a timer; returns whether it was still pending.
     pub fn cancel_timer(&mut self, timer: TimerId) -> bool {
-        self.hub.env.timers.take_app(timer).is_some()
+        self.core.shared.timers.take_app(timer).is_some()
     }
 
     /// Starts a graceful shutdown, as [`Handle::shutdown`](crate::Handle::shutdown) does.
     pub fn shutdown(&mut self) {
-        self.hub.env.shutdown_requested = true;
+        self.core.shared.shutdown_requested = true;
     }
 }

@@ -54,9 +54,7 @@ impl Frame {
 
     /// A keepalive ping with an empty payload. Sent without tungstenite's codec, so an idle
     /// connection does not need one until the pong comes back.
-    pub(crate) fn ping() -> Bytes {
-        Bytes::from_static(&[FIN | OP_PING, 0])
-    }
+    pub(crate) const PING: &'static [u8] = &[FIN | OP_PING, 0];
 
     pub(crate) fn wire(&self) -> &Bytes {
         &self.wire

@@ -12,6 +12,7 @@ use crate::{ConnId, Frame, HandleError, Stats};
 pub(crate) enum Command {
     Send(ConnId, Frame),
     Broadcast(Frame),
+    Publish(Box<str>, Frame),
     Close(ConnId, u16, String),
     Shutdown,
 }
@@ -33,7 +34,7 @@ pub(crate) enum Command {
 /// let mut server = Server::bind("127.0.0.1:9001", Config::default(), App)?;
 /// let handle = server.handle();
 /// std::thread::spawn(move || {
-///     let _ = handle.broadcast(Frame::text("tick"));
+///     let _ = handle.broadcast(&Frame::text("tick"));
 ///     let _ = handle.shutdown();
 /// });
 /// server.run()?;
@@ -49,7 +50,7 @@ pub struct Handle {
 }
 
 /// The server's end of its handles.
-pub(crate) struct Inbox {
+pub(crate) struct Commands {
     pub(crate) rx: Receiver<Command>,
     pub(crate) stats: Arc<Mutex<Stats>>,
     pub(crate) stopped: Arc<AtomicBool>,
@@ -57,7 +58,7 @@ pub(crate) struct Inbox {
     pub(crate) handle: Handle,
 }
 
-pub(crate) fn channel(capacity: usize, waker: Waker) -> Inbox {
+pub(crate) fn channel(capacity: usize, waker: Waker) -> Commands {
     let (tx, rx) = sync_channel(capacity);
     let stats = Arc::new(Mutex::new(Stats::default()));
     let stopped = Arc::new(AtomicBool::new(false));
@@ -67,7 +68,7 @@ pub(crate) fn channel(capacity: usize, waker: Waker) -> Inbox {
         stats: Arc::clone(&stats),
         stopped: Arc::clone(&stopped),
     };
-    Inbox {
+    Commands {
         rx,
         stats,
         stopped,
@@ -76,14 +77,20 @@ pub(crate) fn channel(capacity: usize, waker: Waker) -> Inbox {
 }
 
 impl Handle {
-    /// Queues `frame` for one connection.
-    pub fn send(&self, id: ConnId, frame: Frame) -> Result<(), HandleError> {
-        self.command(Command::Send(id, frame))
+    /// Queues `frame` for one connection, as [`Ctx::send`](crate::Ctx::send).
+    pub fn send(&self, id: ConnId, frame: &Frame) -> Result<(), HandleError> {
+        self.command(Command::Send(id, frame.clone()))
     }
 
-    /// Queues `frame` for every open connection.
-    pub fn broadcast(&self, frame: Frame) -> Result<(), HandleError> {
-        self.command(Command::Broadcast(frame))
+    /// Queues `frame` for every open connection, as [`Ctx::broadcast`](crate::Ctx::broadcast).
+    pub fn broadcast(&self, frame: &Frame) -> Result<(), HandleError> {
+        self.command(Command::Broadcast(frame.clone()))
+    }
+
+    /// Queues `frame` for every subscriber of `topic`, as
+    /// [`Ctx::publish`](crate::Ctx::publish).
+    pub fn publish(&self, topic: &str, frame: &Frame) -> Result<(), HandleError> {
+        self.command(Command::Publish(topic.into(), frame.clone()))
     }
 
     /// Starts the close handshake with a connection, as [`Ctx::close`](crate::Ctx::close).

@@ -2,12 +2,12 @@
 //!
 //! An embeddable, single-threaded WebSocket server: one `mio` poll loop owns every socket,
 //! does the HTTP upgrade, decodes frames with `tungstenite`, queues outgoing frames per
-//! connection with backpressure, and broadcasts by walking the connection table with frames
-//! encoded once. No async runtime.
+//! connection with backpressure, and fans messages out to topics or to everyone with frames
+//! encoded once and copied once per loop turn. No async runtime.
 //!
 //! You implement [`Handler`]; the server calls it from its one thread with a [`Ctx`] to
-//! send, broadcast, close and keep per-connection data. Other threads talk to the server
-//! through a [`Handle`].
+//! send, broadcast, subscribe and publish, close and keep per-connection data. Other threads
+//! talk to the server through a [`Handle`].
 //!
 //! ```no_run
 //! use wshub::{Config, ConnId, Ctx, Frame, Handler, Message, Reply, Request, Response, Server};
@@ -38,16 +38,11 @@
 //! }
 //! ```
 //!
-//! The modules, one concept each: `server` (the event loop), `connection` (a connection's
-//! state machine and read path), `boundary` (where the inbound stream stands, to shed a
-//! grown decoder), `http` (requests, the upgrade, responses), `outbox` (the
-//! per-connection queue and vectored writes), `frame` (encode-once frames), `hub` (the
-//! connection table, broadcast and backpressure policy), `context` ([`Ctx`]), `timers`,
-//! `handle` ([`Handle`]), `stats`, `config`, `id`, `error`.
+//! The README's architecture section walks through the (private) modules and one message's
+//! way through them.
 
 #![warn(missing_docs)]
 
-mod boundary;
 mod config;
 mod connection;
 mod context;
@@ -56,12 +51,11 @@ mod frame;
 mod handle;
 mod handler;
 mod http;
-mod hub;
 mod id;
-mod outbox;
 mod server;
 mod stats;
 mod timers;
+mod topics;
 
 pub use bytes::Bytes;
 pub use config::{Config, SlowConsumer};
@@ -71,9 +65,8 @@ pub use frame::Frame;
 pub use handle::Handle;
 pub use handler::{CloseInfo, Handler, Message};
 pub use http::{Reply, Request, Response};
-pub use hub::Delivery;
 pub use id::ConnId;
-pub use server::Server;
+pub use server::{Delivery, Server};
 pub use stats::{Rejections, Stats};
 pub use timers::TimerId;
 pub use tungstenite::Utf8Bytes;

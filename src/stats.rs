@@ -64,6 +64,8 @@ pub struct Stats {
     pub open_connections: usize,
     /// TCP connections now in the table: open sockets, handshakes and lingering ones.
     pub tcp_connections: usize,
+    /// Topics with at least one subscriber now.
+    pub topics: usize,
     /// Upgrades answered with 101.
     pub handshakes_accepted: u64,
     /// HTTP requests answered with a plain response (any status).

@@ -386,7 +386,7 @@ fn drop_message_skips_only_the_slow_consumer_and_counts_what_it_missed() {
     drained_texts += 1;
 
     // Everyone, the slow client included, is still connected and gets the next broadcast.
-    server.handle.broadcast(Frame::text("final")).unwrap();
+    server.handle.broadcast(&Frame::text("final")).unwrap();
     for ws in fast.iter_mut().chain([&mut slow]) {
         assert_eq!(ws.expect_frame(), Some((0x80 | OP_TEXT, b"final".to_vec())));
     }

@@ -117,7 +117,7 @@ fn broadcast_reaches_200_clients_once_each_in_one_order() {
     }
 
     // Nothing more is on its way: a marker broadcast now is everyone's next message.
-    server.handle.broadcast(Frame::text("end")).unwrap();
+    server.handle.broadcast(&Frame::text("end")).unwrap();
     for (c, ws) in clients.iter_mut().enumerate() {
         assert_eq!(next_text(ws), "end", "client {c}: extra message");
     }

@@ -56,11 +56,11 @@ fn sends_broadcasts_and_closes_from_another_thread_arrive_in_order() {
 
     let handle = server.handle.clone();
     thread::spawn(move || {
-        handle.send(a_id, Frame::text("to a")).unwrap();
-        handle.broadcast(Frame::text("to all")).unwrap();
-        handle.send(b_id, Frame::binary(b"to b")).unwrap();
+        handle.send(a_id, &Frame::text("to a")).unwrap();
+        handle.broadcast(&Frame::text("to all")).unwrap();
+        handle.send(b_id, &Frame::binary(b"to b")).unwrap();
         handle.close(a_id, 4000, "bye from a handle").unwrap();
-        handle.send(a_id, Frame::text("after the close")).unwrap();
+        handle.send(a_id, &Frame::text("after the close")).unwrap();
     })
     .join()
     .unwrap();
@@ -130,7 +130,7 @@ fn a_full_handle_channel_reports_full_at_once_while_the_loop_is_not_running() {
         (0..10)
             .map(|i| {
                 let t = Instant::now();
-                let r = handle.broadcast(Frame::text(&format!("b{i}")));
+                let r = handle.broadcast(&Frame::text(&format!("b{i}")));
                 (r, t.elapsed())
             })
             .collect::<Vec<_>>()
@@ -151,7 +151,7 @@ fn a_full_handle_channel_reports_full_at_once_while_the_loop_is_not_running() {
     // One turn takes the queued commands; then there is room again.
     server.poll_once(Some(Duration::ZERO)).unwrap();
     let handle = server.handle();
-    assert_eq!(handle.broadcast(Frame::text("end")), Ok(()));
+    assert_eq!(handle.broadcast(&Frame::text("end")), Ok(()));
     while !client.is_finished() {
         assert!(Instant::now() < deadline, "client did not finish");
         server.poll_once(Some(Duration::from_millis(10))).unwrap();
@@ -176,7 +176,7 @@ fn a_handle_flooding_commands_does_not_stall_the_loop() {
         let started = Instant::now();
         let (mut ok, mut full) = (0u64, 0u64);
         while started.elapsed() < Duration::from_millis(1500) {
-            match handle.send(gone_id, frame.clone()) {
+            match handle.send(gone_id, &frame) {
                 Ok(()) => ok += 1,
                 Err(HandleError::Full) => full += 1,
                 Err(e) => panic!("unexpected: {e}"),
@@ -218,9 +218,12 @@ fn a_handle_reports_stopped_once_the_server_is_gone() {
         result.unwrap();
         handle.stats()
     };
-    assert_eq!(handle.send(id, Frame::text("x")), Err(HandleError::Stopped));
     assert_eq!(
-        handle.broadcast(Frame::text("x")),
+        handle.send(id, &Frame::text("x")),
+        Err(HandleError::Stopped)
+    );
+    assert_eq!(
+        handle.broadcast(&Frame::text("x")),
         Err(HandleError::Stopped)
     );
     assert_eq!(handle.close(id, 1000, ""), Err(HandleError::Stopped));
@@ -243,7 +246,7 @@ fn a_handle_reports_stopped_once_poll_once_has_returned_false() {
     // The server value still exists (the embedder has not dropped it yet), but it has
     // stopped: nothing sent now would ever be delivered.
     assert_eq!(
-        handle.broadcast(Frame::text("into the void")),
+        handle.broadcast(&Frame::text("into the void")),
         Err(HandleError::Stopped)
     );
     drop(server);

@@ -119,7 +119,7 @@ fn stale_id_is_refused_after_its_slot_is_reused() {
     // From another thread: a close and a send through the handle; the send is counted as
     // dropped, and neither reaches B.
     server.handle.close(old, 4000, "for A only").unwrap();
-    server.handle.send(old, Frame::text("for A only")).unwrap();
+    server.handle.send(old, &Frame::text("for A only")).unwrap();
     assert!(wait_until(IO_TIMEOUT, || server
         .handle
         .stats()

@@ -472,7 +472,7 @@ fn a_stale_id_reaches_nobody_when_its_slot_is_reused() {
     // Through a handle: accepted by the channel, dropped by the server, counted.
     server
         .handle
-        .send(old, Frame::text("via a handle"))
+        .send(old, &Frame::text("via a handle"))
         .unwrap();
     assert!(wait_until(Duration::from_secs(5), || {
         server.handle.stats().dropped_messages == 1

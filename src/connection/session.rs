@@ -1,56 +1,15 @@
-//! One TCP connection: its phase (a state machine), its socket, its outbox, and the read
-//! path through tungstenite's frame decoder.
-//!
-//! ```text
-//!  accept ──► Handshaking ──(101)──► Open ──(server sends close)──► Closing
-//!                 │                   │                               │
-//!                 │(HTTP answer)      │(peer's close, protocol error) │(peer's close)
-//!                 ▼                   ▼                               ▼
-//!             Lingering ◄─────────────┴───────────────────────────────┘
-//!   (flush the last bytes, shut down our side, wait for the peer's EOF) ──► removed
-//! ```
-//! Timeouts and I/O errors remove a connection from any phase. `on_close` runs when a
-//! connection leaves Open/Closing, exactly once.
+//! An open WebSocket's read side: tungstenite's frame decoder, fed the bytes the server
+//! read, yielding messages and the control frames it owes the peer (pongs, close replies).
+//! It never touches the socket.
 
 use std::io::{self, Read, Write};
 
-use mio::net::TcpStream;
 use tungstenite::protocol::frame::CloseFrame;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::{Role, WebSocketConfig, WebSocketContext};
 
-use crate::boundary::Boundary;
+use super::boundary::Boundary;
 use crate::handler::Message;
-use crate::outbox::Outbox;
-
-/// Where a connection is in its life. See the module docs for the transitions.
-pub(crate) enum Phase<D> {
-    /// Reading the HTTP request.
-    Handshaking(Box<Handshake>),
-    /// A WebSocket: messages flow both ways.
-    Open(Session<D>),
-    /// The server sent a close frame and waits for the peer's.
-    Closing {
-        session: Session<D>,
-        since: u64,
-        code: u16,
-        reason: String,
-    },
-    /// Nothing more to say: the last bytes (an HTTP answer, a close frame) go out, then our
-    /// side shuts down and the peer's EOF (or a timeout) ends it.
-    Lingering {
-        since: u64,
-        /// The peer has shut down its side (EOF): once our bytes are out, we are done.
-        peer_closed: bool,
-    },
-}
-
-/// The request bytes read so far.
-pub(crate) struct Handshake {
-    pub(crate) buf: Vec<u8>,
-    pub(crate) scan: crate::http::Scan,
-    pub(crate) since: u64,
-}
 
 /// An open WebSocket.
 pub(crate) struct Session<D> {
@@ -73,71 +32,10 @@ struct Codec {
 pub(crate) enum Fed {
     /// All bytes consumed; wait for more.
     More,
-    /// The peer's close frame arrived (the reply, if one is due, is in the control output).
+    /// The peer's close frame arrived (the reply, if one is due, is in `codec_out`).
     PeerClosed(Option<CloseFrame>),
-    /// The peer broke the protocol; a close frame with this code is in the control output.
+    /// The peer broke the protocol; a close frame with this code is in `codec_out`.
     Failed { code: u16, reason: String },
-}
-
-pub(crate) struct Connection<D> {
-    pub(crate) sock: TcpStream,
-    pub(crate) generation: u32,
-    pub(crate) phase: Phase<D>,
-    pub(crate) outbox: Outbox,
-    /// Tick of the last byte read (keepalive measures silence from here).
-    pub(crate) last_read: u64,
-    /// Tick of the last write progress, or of the queue becoming non-empty (write-stall).
-    pub(crate) last_write: u64,
-    /// The earliest deadline this connection has in the timer heap (u64::MAX: none).
-    pub(crate) timer_at: u64,
-    /// Listed in the hub's dirty list, to be flushed at the end of this batch.
-    pub(crate) dirty: bool,
-    /// Registered for writable events (only while the outbox is not empty).
-    pub(crate) write_interest: bool,
-    /// The socket refused bytes at the last write: no use writing before it reports
-    /// writable again.
-    pub(crate) blocked: bool,
-    /// Not reading: its own queue is over the limit (read-side backpressure).
-    pub(crate) read_paused: bool,
-    /// The queue went over the drain watermark; `on_drain` is due when it falls back.
-    pub(crate) pressured: bool,
-    /// Our side of the TCP connection is shut down (Lingering, all flushed).
-    pub(crate) write_shut: bool,
-}
-
-impl<D> Connection<D> {
-    pub(crate) fn new(sock: TcpStream, generation: u32, now: u64) -> Connection<D> {
-        Connection {
-            sock,
-            generation,
-            phase: Phase::Handshaking(Box::new(Handshake {
-                buf: Vec::new(),
-                scan: Default::default(),
-                since: now,
-            })),
-            outbox: Outbox::default(),
-            last_read: now,
-            last_write: now,
-            timer_at: u64::MAX,
-            dirty: false,
-            write_interest: false,
-            blocked: false,
-            read_paused: false,
-            pressured: false,
-            write_shut: false,
-        }
-    }
-
-    pub(crate) fn session_mut(&mut self) -> Option<&mut Session<D>> {
-        match &mut self.phase {
-            Phase::Open(s) | Phase::Closing { session: s, .. } => Some(s),
-            _ => None,
-        }
-    }
-
-    pub(crate) fn is_open(&self) -> bool {
-        matches!(self.phase, Phase::Open(_))
-    }
 }
 
 impl<D> Session<D> {
@@ -167,14 +65,14 @@ impl<D> Session<D> {
         })
     }
 
-    /// Decodes `input`, appending complete messages to `inbox` and every byte tungstenite
-    /// wants to send (pongs, close replies) to `control`.
+    /// Decodes `input`, appending complete messages to `messages` and every byte tungstenite
+    /// wants to send (pongs, close replies) to `codec_out`.
     pub(crate) fn feed(
         &mut self,
         config: &WebSocketConfig,
         input: &[u8],
-        control: &mut Vec<u8>,
-        inbox: &mut Vec<Message>,
+        codec_out: &mut Vec<u8>,
+        messages: &mut Vec<Message>,
     ) -> Fed {
         let Codec {
             ws: codec,
@@ -183,17 +81,17 @@ impl<D> Session<D> {
         boundary.scan(input);
         let mut io = Io {
             input,
-            output: control,
+            output: codec_out,
         };
         loop {
             match codec.read(&mut io) {
-                Ok(tungstenite::Message::Text(text)) => inbox.push(Message::Text(text)),
-                Ok(tungstenite::Message::Binary(data)) => inbox.push(Message::Binary(data)),
+                Ok(tungstenite::Message::Text(text)) => messages.push(Message::Text(text)),
+                Ok(tungstenite::Message::Binary(data)) => messages.push(Message::Binary(data)),
                 // tungstenite queues the pong itself; any frame already counts as a sign of life.
                 Ok(tungstenite::Message::Ping(_) | tungstenite::Message::Pong(_)) => {}
                 Ok(tungstenite::Message::Frame(_)) => {}
                 Ok(tungstenite::Message::Close(frame)) => {
-                    // Moves the queued close reply (if any) into `control`. The codec then
+                    // Moves the queued close reply (if any) into `codec_out`. The codec then
                     // reports the connection closed, which is exactly what we know already.
                     let _ = codec.flush(&mut io);
                     return Fed::PeerClosed(frame);
@@ -236,7 +134,7 @@ impl<D> Session<D> {
         config: &WebSocketConfig,
         code: u16,
         reason: &str,
-        control: &mut Vec<u8>,
+        codec_out: &mut Vec<u8>,
     ) {
         let frame = CloseFrame {
             code: CloseCode::from(code),
@@ -244,7 +142,7 @@ impl<D> Session<D> {
         };
         let mut io = Io {
             input: &[],
-            output: control,
+            output: codec_out,
         };
         let _ = self.codec(config).ws.close(&mut io, Some(frame));
     }

@@ -1,0 +1,236 @@
+//! One TCP connection: its phase (a state machine), its socket and its outbox. Every phase
+//! transition is a method here.
+//!
+//! ```text
+//!  accept ──► Handshaking ──(101)──► Open ──(server sends close)──► Closing
+//!                 │                   │                               │
+//!                 │(HTTP answer)      │(peer's close, protocol error) │(peer's close)
+//!                 ▼                   ▼                               ▼
+//!             Lingering ◄─────────────┴───────────────────────────────┘
+//!   (flush the last bytes, shut down our side, wait for the peer's EOF) ──► removed
+//! ```
+//! Timeouts and I/O errors remove a connection from any phase. `on_close` runs when a
+//! connection leaves Open/Closing, exactly once.
+
+mod boundary;
+pub(crate) mod outbox;
+mod session;
+
+use mio::net::TcpStream;
+use tungstenite::protocol::WebSocketConfig;
+
+pub(crate) use outbox::{Flush, Kind, Outbox};
+pub(crate) use session::{Fed, Session};
+
+/// Where a connection is in its life. See the module docs for the transitions.
+pub(crate) enum Phase<D> {
+    /// Reading the HTTP request.
+    Handshaking(Box<Handshake>),
+    /// A WebSocket: messages flow both ways.
+    Open(Session<D>),
+    /// The server sent a close frame and waits for the peer's.
+    Closing {
+        session: Session<D>,
+        since: u64,
+        code: u16,
+        reason: String,
+    },
+    /// Nothing more to say: the last bytes (an HTTP answer, a close frame) go out, then our
+    /// side shuts down and the peer's EOF (or a timeout) ends it.
+    Lingering {
+        since: u64,
+        /// The peer has shut down its side (EOF): once our bytes are out, we are done.
+        peer_closed: bool,
+        /// Our side is shut down: everything was written.
+        write_shut: bool,
+    },
+}
+
+/// The request bytes read so far.
+pub(crate) struct Handshake {
+    pub(crate) buf: Vec<u8>,
+    pub(crate) scan: crate::http::Scan,
+    pub(crate) since: u64,
+}
+
+/// Where a connection's send queue stands against the drain watermark.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Pressure {
+    /// Nobody waits for the queue to drain.
+    Calm,
+    /// The queue went over the watermark (or a message was dropped for it): `on_drain` is
+    /// due when it falls back.
+    Pressured,
+    /// As `Pressured`, and the peer is not being read either: its queue passed
+    /// `max_backpressure` while it kept sending (read-side backpressure).
+    ReadsPaused,
+}
+
+pub(crate) struct Connection<D> {
+    pub(crate) sock: TcpStream,
+    pub(crate) generation: u32,
+    pub(crate) phase: Phase<D>,
+    pub(crate) outbox: Outbox,
+    /// Tick of the last byte read (keepalive measures silence from here).
+    pub(crate) last_read: u64,
+    /// Tick of the last write progress, or of the queue becoming non-empty (write-stall).
+    pub(crate) last_write: u64,
+    /// The earliest deadline this connection has in the timer heap (u64::MAX: none).
+    pub(crate) timer_at: u64,
+    /// Listed in the loop's dirty list, to be flushed at the end of this turn.
+    pub(crate) dirty: bool,
+    /// Registered for writable events (only while the outbox is not empty).
+    pub(crate) write_interest: bool,
+    /// The socket refused bytes at the last write: no use writing before it reports
+    /// writable again.
+    pub(crate) blocked: bool,
+    pub(crate) pressure: Pressure,
+}
+
+impl<D> Connection<D> {
+    pub(crate) fn new(sock: TcpStream, generation: u32, now: u64) -> Connection<D> {
+        Connection {
+            sock,
+            generation,
+            phase: Phase::Handshaking(Box::new(Handshake {
+                buf: Vec::new(),
+                scan: Default::default(),
+                since: now,
+            })),
+            outbox: Outbox::default(),
+            last_read: now,
+            last_write: now,
+            timer_at: u64::MAX,
+            dirty: false,
+            write_interest: false,
+            blocked: false,
+            pressure: Pressure::Calm,
+        }
+    }
+
+    pub(crate) fn session(&self) -> Option<&Session<D>> {
+        match &self.phase {
+            Phase::Open(s) | Phase::Closing { session: s, .. } => Some(s),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn session_mut(&mut self) -> Option<&mut Session<D>> {
+        match &mut self.phase {
+            Phase::Open(s) | Phase::Closing { session: s, .. } => Some(s),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn is_open(&self) -> bool {
+        matches!(self.phase, Phase::Open(_))
+    }
+
+    pub(crate) fn is_handshaking(&self) -> bool {
+        matches!(self.phase, Phase::Handshaking(_))
+    }
+
+    /// Handshaking → Open. Returns false (and changes nothing) in any other phase.
+    pub(crate) fn open(&mut self, session: Session<D>, now: u64) -> bool {
+        if !self.is_handshaking() {
+            return false;
+        }
+        self.phase = Phase::Open(session);
+        self.last_read = now;
+        true
+    }
+
+    /// Handshaking → Lingering: an HTTP answer is queued and is the last thing said.
+    /// Returns false (and changes nothing) in any other phase.
+    pub(crate) fn answered(&mut self, now: u64) -> bool {
+        if !self.is_handshaking() {
+            return false;
+        }
+        self.phase = lingering(now);
+        true
+    }
+
+    /// Open → Closing: the close frame (through the decoder, so it expects the reply) goes
+    /// into `codec_out`. Returns false (and changes nothing) in any other phase.
+    pub(crate) fn start_close(
+        &mut self,
+        now: u64,
+        code: u16,
+        reason: &str,
+        config: &WebSocketConfig,
+        codec_out: &mut Vec<u8>,
+    ) -> bool {
+        if !self.is_open() {
+            return false;
+        }
+        // Open is replaced at once: the Lingering value never outlives this call.
+        let Phase::Open(mut session) = std::mem::replace(&mut self.phase, lingering(now)) else {
+            return false;
+        };
+        session.close(config, code, reason, codec_out);
+        self.phase = Phase::Closing {
+            session,
+            since: now,
+            code,
+            reason: session::truncate(reason, 123).to_owned(),
+        };
+        true
+    }
+
+    /// Open/Closing → Lingering: the WebSocket is over. Returns the application's data, or
+    /// `None` (and changes nothing) in any other phase.
+    pub(crate) fn finish(&mut self, now: u64) -> Option<D> {
+        self.session()?;
+        match std::mem::replace(&mut self.phase, lingering(now)) {
+            Phase::Open(session) | Phase::Closing { session, .. } => Some(session.data),
+            _ => None,
+        }
+    }
+
+    /// The peer shut down its side: once our bytes are out, the connection is done.
+    pub(crate) fn peer_closed(&mut self) {
+        if let Phase::Lingering { peer_closed, .. } = &mut self.phase {
+            *peer_closed = true;
+        }
+    }
+
+    /// Lingering with everything written: our side is shut down. Returns whether it was
+    /// shut just now (and the caller should send the FIN).
+    pub(crate) fn shut_write(&mut self) -> bool {
+        match &mut self.phase {
+            Phase::Lingering { write_shut, .. } if !*write_shut => {
+                *write_shut = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    pub(crate) fn is_write_shut(&self) -> bool {
+        matches!(
+            self.phase,
+            Phase::Lingering {
+                write_shut: true,
+                ..
+            }
+        )
+    }
+
+    pub(crate) fn is_peer_closed(&self) -> bool {
+        matches!(
+            self.phase,
+            Phase::Lingering {
+                peer_closed: true,
+                ..
+            }
+        )
+    }
+}
+
+fn lingering<D>(now: u64) -> Phase<D> {
+    Phase::Lingering {
+        since: now,
+        peer_closed: false,
+        write_shut: false,
+    }
+}

@@ -1,0 +1,281 @@
+//! The read path: socket → the loop's read buffer → the HTTP request (and the handler's
+//! answer to it) or the decoder → messages → the handler.
+
+use std::io::{self, Read};
+use std::mem;
+
+use bytes::Bytes;
+
+use super::{Life, READS_PER_TURN, Server, abnormal};
+use crate::connection::{Fed, Phase, Pressure, Session};
+use crate::http::{self, Limits, Progress};
+use crate::{CloseInfo, ConnId, Ctx, Handler, Reply, Request, Response};
+
+impl<H: Handler> Server<H> {
+    /// Reads a ready socket until `WouldBlock` (mio's readiness is edge-triggered: stopping
+    /// early would strand bytes until the peer sends more).
+    pub(super) fn read_ready(&mut self, key: usize) {
+        let Some(id) = self.core.id_of(key) else {
+            return;
+        };
+        let mut buf = mem::take(&mut self.read_buf);
+        for reads in 0.. {
+            if reads == READS_PER_TURN {
+                // Edge-triggered: no new event will come for what is left, so note it.
+                self.carry.push(id);
+                self.more_work = true;
+                break;
+            }
+            let limit = self.core.shared.config.max_backpressure;
+            let now = self.core.shared.now;
+            let Some(conn) = self.core.get_mut(id) else {
+                break;
+            };
+            if conn.pressure == Pressure::ReadsPaused || conn.is_peer_closed() {
+                break;
+            }
+            if conn.is_open() && conn.outbox.queued() > limit {
+                // Read-side backpressure: this peer is not reading what it asks for.
+                conn.pressure = Pressure::ReadsPaused;
+                break;
+            }
+            let n = match conn.sock.read(&mut buf) {
+                Ok(0) => {
+                    self.on_eof(id);
+                    break;
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    log::debug!("connection {id}: read failed: {e}");
+                    self.remove(id, abnormal("read failed"));
+                    break;
+                }
+            };
+            conn.last_read = now;
+            match conn.phase {
+                Phase::Handshaking(_) => self.on_request_bytes(id, &buf[..n]),
+                Phase::Open(_) | Phase::Closing { .. } => self.on_frame_bytes(id, &buf[..n]),
+                Phase::Lingering { .. } => {} // nothing more is read: discard
+            }
+        }
+        self.read_buf = buf;
+    }
+
+    fn on_eof(&mut self, id: ConnId) {
+        // A peer may send its last request or close frame and shut down its side at once:
+        // what we owe it is still written before the socket goes, if need be over several
+        // writable events (the connection lingers, reading nothing more).
+        self.flush_conn(id);
+        let Some(conn) = self.core.get(id) else {
+            return;
+        };
+        let eof = abnormal("connection closed without a close frame");
+        if conn.outbox.is_empty() || conn.is_handshaking() {
+            self.remove(id, eof);
+            return;
+        }
+        self.core.finish(id, eof);
+        if let Some(conn) = self.core.get_mut(id) {
+            conn.peer_closed();
+        }
+    }
+
+    fn on_request_bytes(&mut self, id: ConnId, bytes: &[u8]) {
+        let config = &self.core.shared.config;
+        let limits = Limits {
+            max_head: config.max_request_bytes,
+            max_body: config.max_body_bytes,
+        };
+        let Some((conn, shared)) = self.core.split(id) else {
+            return;
+        };
+        let Phase::Handshaking(handshake) = &mut conn.phase else {
+            return;
+        };
+        handshake.buf.extend_from_slice(bytes);
+        let len = match http::progress(&handshake.buf, &mut handshake.scan, &limits) {
+            Progress::Incomplete => {
+                if handshake.scan.take_continue() {
+                    shared.push_owed(conn, id, Bytes::from_static(http::CONTINUE));
+                }
+                return;
+            }
+            Progress::Complete { len } => len,
+            Progress::Invalid(response) => {
+                self.respond(id, &response, true);
+                return;
+            }
+        };
+        // The request leaves the connection (which stays Handshaking until it is answered),
+        // so the handler can read it while it changes the table.
+        let request = mem::take(&mut handshake.buf);
+        let peer = conn.sock.peer_addr().ok();
+        let Some(req) = http::parse(&request[..len], peer) else {
+            self.respond(id, &Response::text(400, "malformed request"), true);
+            return;
+        };
+        let reply = if self.life == Life::Running {
+            self.handler.on_request(&mut Ctx::new(&mut self.core), &req)
+        } else {
+            Reply::Respond(Response::text(503, "server shutting down"))
+        };
+        match reply {
+            // What a GET would get, without the body (RFC 9110 §9.3.2).
+            Reply::Respond(response) => self.respond(id, &response, req.method() != "HEAD"),
+            Reply::Accept { data, protocol } => match self.check_upgrade(&req, protocol) {
+                Ok((accept_key, protocol)) => {
+                    let pipelined = request[len..].to_vec();
+                    self.open(id, &accept_key, protocol.as_deref(), data, pipelined);
+                }
+                Err(refusal) => self.respond(id, &refusal, true),
+            },
+        }
+    }
+
+    /// The accept key and confirmed subprotocol, or the answer to refuse with.
+    fn check_upgrade(
+        &self,
+        req: &Request<'_>,
+        protocol: Option<String>,
+    ) -> Result<(String, Option<String>), Response> {
+        let accept_key = http::validate_upgrade(req).map_err(|e| e.response())?;
+        if self.core.open_count() >= self.core.shared.config.max_connections {
+            return Err(Response::text(503, "too many connections"));
+        }
+        let protocol = protocol.filter(|p| {
+            let offered = req.protocols().any(|o| o == p);
+            if !offered {
+                log::warn!("handler chose subprotocol {p:?}, which the client did not offer; not confirming it");
+            }
+            offered
+        });
+        Ok((accept_key, protocol))
+    }
+
+    /// Answers a request as plain HTTP: Handshaking → Lingering, and the connection closes
+    /// once the answer is written. `with_body: false` answers a HEAD request: the head names
+    /// the body's length, but the body stays home.
+    fn respond(&mut self, id: ConnId, response: &Response, with_body: bool) {
+        let Some((conn, shared)) = self.core.split(id) else {
+            return;
+        };
+        if !conn.answered(shared.now) {
+            return;
+        }
+        shared.handshaking -= 1;
+        let (head, body) = response.encode();
+        shared.stats.http_responses += 1;
+        if response.status() >= 400 {
+            shared.stats.rejected.count(response.status());
+        }
+        shared.push_owed(conn, id, head);
+        if with_body {
+            shared.push_owed(conn, id, body);
+        }
+        shared.schedule(conn, id);
+    }
+
+    /// Handshaking → Open: the 101 is queued, then `on_open` runs.
+    fn open(
+        &mut self,
+        id: ConnId,
+        accept_key: &str,
+        protocol: Option<&str>,
+        data: H::Data,
+        pipelined: Vec<u8>,
+    ) {
+        let Some((conn, shared)) = self.core.split(id) else {
+            return;
+        };
+        let has_pipelined = !pipelined.is_empty();
+        if !conn.open(Session::new(data, pipelined, &shared.ws_config), shared.now) {
+            return;
+        }
+        shared.handshaking -= 1;
+        shared.push_owed(conn, id, http::switching_protocols(accept_key, protocol));
+        shared.stats.handshakes_accepted += 1;
+        shared.stats.open_connections += 1;
+        shared.schedule(conn, id);
+        self.handler.on_open(&mut Ctx::new(&mut self.core), id);
+        if has_pipelined {
+            // Frames that came in the same read as the request: decode them now.
+            self.on_frame_bytes(id, &[]);
+        }
+    }
+
+    fn on_frame_bytes(&mut self, id: ConnId, bytes: &[u8]) {
+        let Some((conn, shared)) = self.core.split(id) else {
+            return;
+        };
+        // Whether this read may carry the answer to a close we sent.
+        let answering = matches!(conn.phase, Phase::Closing { .. });
+        let Some(session) = conn.session_mut() else {
+            return;
+        };
+        session.ping_sent = None;
+        // What the decoder wants to send goes out before the messages of this read are
+        // handled when it is only pongs ("as soon as practical", RFC 6455 §5.5.2). When it
+        // ends with a close frame (the reply to the peer's close, or ours after a protocol
+        // error) it waits: a reply a callback sends to a message decoded before the close
+        // must go out first, as nothing may follow a close frame (§5.5.1).
+        let mut messages = mem::take(&mut self.messages);
+        let mut codec_out = mem::take(&mut shared.codec_out);
+        let fed = session.feed(&shared.ws_config, bytes, &mut codec_out, &mut messages);
+        let closing = !matches!(fed, Fed::More);
+        if !closing && !codec_out.is_empty() {
+            shared.push_owed(conn, id, Bytes::copy_from_slice(&codec_out));
+            codec_out.clear();
+        }
+        for msg in messages.drain(..) {
+            // A callback may have closed this connection: the rest is not delivered.
+            if !self.core.get(id).is_some_and(|c| c.is_open()) {
+                continue;
+            }
+            self.core.shared.stats.messages_in += 1;
+            self.core.shared.stats.bytes_in += msg.len() as u64;
+            self.handler
+                .on_message(&mut Ctx::new(&mut self.core), id, msg);
+        }
+        self.messages = messages;
+        if let Some((conn, shared)) = self.core.split(id) {
+            if !codec_out.is_empty() {
+                shared.push_owed(conn, id, Bytes::copy_from_slice(&codec_out));
+            }
+        }
+        codec_out.clear();
+        self.core.shared.codec_out = codec_out;
+        let info = match fed {
+            Fed::More => return,
+            Fed::PeerClosed(frame) => match (self.core.get(id).map(|c| &c.phase), frame) {
+                // The peer answered our close.
+                (Some(Phase::Closing { code, reason, .. }), _) if answering => CloseInfo {
+                    code: *code,
+                    reason: reason.clone(),
+                    clean: true,
+                },
+                (_, Some(f)) => CloseInfo {
+                    code: f.code.into(),
+                    reason: f.reason.to_string(),
+                    clean: true,
+                },
+                (_, None) => CloseInfo {
+                    code: 1005,
+                    reason: String::new(),
+                    clean: true,
+                },
+            },
+            Fed::Failed { code, reason } => {
+                log::debug!("connection {id}: failed with {code}: {reason}");
+                self.core.shared.stats.protocol_errors += 1;
+                CloseInfo {
+                    code,
+                    reason,
+                    clean: false,
+                }
+            }
+        };
+        self.core.finish(id, info);
+    }
+}

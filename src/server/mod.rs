@@ -1,0 +1,332 @@
+//! The event loop: one `mio::Poll`, the listener, the connection table and the topics.
+//!
+//! A loop turn ([`Server::poll_once`]): poll → accept (`accept.rs`) / read every ready
+//! socket until `WouldBlock`, callbacks running as messages complete (`inbound.rs`) → run
+//! commands from handles → fire due timers (`timeouts.rs`) → *settle* (`outbound.rs`): flush
+//! every connection that has new bytes (one vectored write each: writes are corked per
+//! turn), then make the `on_drain` / `on_close` calls and resume paused reads that the flush
+//! made due, until nothing is left → step a shutdown under way (`shutdown.rs`) → seal the
+//! turn buffer.
+
+mod accept;
+mod core;
+mod inbound;
+mod outbound;
+mod shutdown;
+mod timeouts;
+
+use std::io;
+use std::mem;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::Duration;
+
+use mio::net::TcpListener;
+use mio::{Events, Interest, Poll, Token, Waker};
+
+pub(crate) use self::core::Core;
+pub use self::core::Delivery;
+use crate::handle::{self, Command, Commands};
+use crate::timers::TimerId;
+use crate::{CloseInfo, Config, ConnId, Handle, Handler, Message, SendError, Stats};
+
+const LISTENER: Token = Token(usize::MAX - 1);
+const WAKER: Token = Token(usize::MAX - 2);
+/// Every socket is read into this one buffer; the bytes are then handed to the connection's
+/// decoder, so no connection needs a large buffer of its own.
+const READ_BUFFER: usize = 64 * 1024;
+/// Reads of one connection per turn (of up to 64 KiB each) before the others get their
+/// turn; the rest is read next turn. Without a budget a peer that floods could hold the loop.
+const READS_PER_TURN: usize = 16;
+
+/// A WebSocket (and plain HTTP) server on one thread.
+///
+/// Build it with [`Server::bind`] or [`Server::from_listener`], then either [`run`](Server::run)
+/// it (blocks until shutdown) or drive it from your own loop with
+/// [`poll_once`](Server::poll_once). [`handle`](Server::handle) gives a [`Handle`] for other
+/// threads.
+///
+/// ```no_run
+/// use wshub::{Config, Ctx, Frame, Handler, Message, ConnId, Reply, Request, Server};
+///
+/// struct Broadcast;
+/// impl Handler for Broadcast {
+///     type Data = ();
+///     fn on_request(&mut self, _: &mut Ctx<'_, ()>, _: &Request<'_>) -> Reply<()> {
+///         Reply::accept(())
+///     }
+///     fn on_message(&mut self, ctx: &mut Ctx<'_, ()>, _: ConnId, msg: Message) {
+///         if let Message::Text(text) = msg {
+///             ctx.broadcast(&Frame::text(&text));
+///         }
+///     }
+/// }
+///
+/// Server::bind("127.0.0.1:9001", Config::default(), Broadcast)?.run()?;
+/// # Ok::<(), std::io::Error>(())
+/// ```
+pub struct Server<H: Handler> {
+    poll: Poll,
+    events: Events,
+    listener: Option<TcpListener>,
+    core: Core<H::Data>,
+    handler: H,
+    read_buf: Box<[u8]>,
+    /// Messages decoded from one read, delivered once the decoder is released.
+    messages: Vec<Message>,
+    /// Connections whose reads were paused and may resume.
+    resume: Vec<ConnId>,
+    /// Connections that used their read budget with bytes left: read on next turn.
+    carry: Vec<ConnId>,
+    /// The server's end of its handles.
+    commands: Commands,
+    accept: accept::Accept,
+    life: Life,
+    /// Work was left for the next turn: poll without sleeping.
+    more_work: bool,
+    next_generation: u32,
+}
+
+/// Where the server is in its life.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Life {
+    Running,
+    /// Shutting down: no accepting, close frames sent, waiting until `deadline` (ticks).
+    Draining {
+        deadline: u64,
+    },
+    Stopped,
+}
+
+impl<H: Handler> Server<H> {
+    /// Binds `addr` (e.g. `"127.0.0.1:8080"`, or port 0 for any free port) with
+    /// `SO_REUSEADDR` and [`Config::backlog`].
+    pub fn bind(addr: impl ToSocketAddrs, config: Config, handler: H) -> io::Result<Server<H>> {
+        let addr = addr
+            .to_socket_addrs()?
+            .next()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no address to bind"))?;
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )?;
+        socket.set_reuse_address(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(i32::try_from(config.backlog).unwrap_or(i32::MAX))?;
+        Server::from_listener(socket.into(), config, handler)
+    }
+
+    /// Serves on a listener the embedder created (e.g. one inherited from a supervisor);
+    /// it is switched to non-blocking mode.
+    pub fn from_listener(
+        listener: std::net::TcpListener,
+        config: Config,
+        handler: H,
+    ) -> io::Result<Server<H>> {
+        listener.set_nonblocking(true)?;
+        Server::with_listener(TcpListener::from_std(listener), config, handler)
+    }
+
+    fn with_listener(
+        mut listener: TcpListener,
+        config: Config,
+        handler: H,
+    ) -> io::Result<Server<H>> {
+        let poll = Poll::new()?;
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let waker = Waker::new(poll.registry(), WAKER)?;
+        let commands = handle::channel(config.handle_capacity, waker);
+        Ok(Server {
+            events: Events::with_capacity(config.events_capacity),
+            poll,
+            listener: Some(listener),
+            core: Core::new(config),
+            handler,
+            read_buf: vec![0; READ_BUFFER].into_boxed_slice(),
+            messages: Vec::new(),
+            resume: Vec::new(),
+            carry: Vec::new(),
+            commands,
+            accept: accept::Accept::default(),
+            life: Life::Running,
+            more_work: false,
+            next_generation: 0,
+        })
+    }
+
+    /// The address the server listens on (`None` once it stopped listening for shutdown).
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.listener.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// A handle for other threads: send, broadcast, close, shut down, read stats.
+    pub fn handle(&self) -> Handle {
+        self.commands.handle.clone()
+    }
+
+    /// The application's handler.
+    pub fn handler(&self) -> &H {
+        &self.handler
+    }
+
+    /// The application's handler, to change between turns.
+    pub fn handler_mut(&mut self) -> &mut H {
+        &mut self.handler
+    }
+
+    /// Consumes the server (closing every socket without further callbacks) and returns
+    /// the handler, e.g. to inspect its state after [`run`](Server::run) returned.
+    pub fn into_handler(self) -> H {
+        self.handler
+    }
+
+    /// The server's counters now.
+    pub fn stats(&self) -> Stats {
+        self.core.stats()
+    }
+
+    /// Sets an application timer before or between turns (e.g. a periodic task armed at
+    /// start-up); it calls [`Handler::on_timer`] like one set with [`Ctx::set_timer`](crate::Ctx::set_timer).
+    pub fn set_timer(&mut self, delay: Duration, token: u64) -> TimerId {
+        self.core.shared.tick();
+        self.core.set_timer(delay, token)
+    }
+
+    /// Runs until a graceful shutdown ([`Handle::shutdown`] or [`Ctx::shutdown`](crate::Ctx::shutdown)) completes.
+    pub fn run(&mut self) -> io::Result<()> {
+        while self.poll_once(None)? {}
+        Ok(())
+    }
+
+    /// One turn of the loop: waits up to `timeout` (`None`: until something happens or the
+    /// next deadline) for events, handles them, and returns whether the server is still
+    /// running (`false` once a shutdown has completed).
+    ///
+    /// Errors are those of the OS poll itself; errors on one connection only close that
+    /// connection.
+    pub fn poll_once(&mut self, timeout: Option<Duration>) -> io::Result<bool> {
+        if self.life == Life::Stopped {
+            return Ok(false);
+        }
+        self.core.shared.tick();
+        let timeout = self.poll_timeout(timeout);
+        match self.poll.poll(&mut self.events, timeout) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+        self.core.shared.tick();
+        self.more_work = false;
+
+        for id in mem::take(&mut self.carry) {
+            self.read_ready(id.key());
+        }
+        let events = mem::replace(&mut self.events, Events::with_capacity(0));
+        for event in events.iter() {
+            match event.token() {
+                LISTENER => self.accept_all(),
+                WAKER => {}
+                Token(key) => {
+                    if event.is_writable() {
+                        self.on_writable(key);
+                    }
+                    if event.is_readable() || event.is_read_closed() || event.is_error() {
+                        self.read_ready(key);
+                    }
+                }
+            }
+        }
+        self.events = events;
+        self.run_commands();
+        self.run_timers();
+        self.settle();
+        self.step_shutdown();
+        self.core.seal_turn();
+        self.publish_stats();
+        Ok(self.life != Life::Stopped)
+    }
+
+    fn poll_timeout(&self, requested: Option<Duration>) -> Option<Duration> {
+        if self.more_work {
+            return Some(Duration::ZERO);
+        }
+        let now = self.core.shared.now;
+        let mut next = self.core.shared.timers.next_deadline();
+        if let Life::Draining { deadline } = self.life {
+            next = Some(next.map_or(deadline, |n| n.min(deadline)));
+        }
+        let until_deadline = next.map(|at| Duration::from_millis(at.saturating_sub(now)));
+        match (requested, until_deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn run_commands(&mut self) {
+        // Bounded per turn, so another thread cannot starve the sockets.
+        for _ in 0..self.core.shared.config.handle_capacity {
+            let Ok(command) = self.commands.rx.try_recv() else {
+                return;
+            };
+            match command {
+                Command::Send(id, frame) => match self.core.send(id, &frame) {
+                    Err(SendError::Gone | SendError::Closing) => {
+                        self.core.shared.stats.dropped_messages += 1
+                    }
+                    // Already counted by the policy (an invalid close code cannot come
+                    // from a send).
+                    Ok(())
+                    | Err(
+                        SendError::Dropped
+                        | SendError::SlowConsumerClosed
+                        | SendError::InvalidCloseCode,
+                    ) => {}
+                },
+                Command::Broadcast(frame) => {
+                    self.core.broadcast(&frame, |_, _| true);
+                }
+                Command::Publish(topic, frame) => {
+                    self.core.publish(&topic, &frame, None);
+                }
+                Command::Close(id, code, reason) => {
+                    let _ = self.core.close(id, code, &reason);
+                }
+                Command::Shutdown => self.core.shared.shutdown_requested = true,
+            }
+        }
+        self.more_work = true;
+    }
+
+    /// Removes a connection from the table; `on_close` gets `info` if it was still a
+    /// WebSocket (Open or Closing).
+    fn remove(&mut self, id: ConnId, info: CloseInfo) {
+        self.core.finish(id, info);
+        let Some((conn, shared)) = self.core.split(id) else {
+            return;
+        };
+        if conn.is_handshaking() {
+            shared.handshaking -= 1;
+        }
+        shared.stats.queued_bytes -= conn.outbox.queued();
+        let mut conn = self.core.conns.remove(id.key());
+        let _ = self.poll.registry().deregister(&mut conn.sock);
+    }
+
+    fn publish_stats(&self) {
+        let stats = self.core.stats();
+        match self.commands.stats.lock() {
+            Ok(mut shared) => *shared = stats,
+            Err(poisoned) => *poisoned.into_inner() = stats,
+        }
+    }
+}
+
+/// A connection that ended without a close handshake (RFC 6455 §7.1.5: code 1006).
+fn abnormal(reason: &str) -> CloseInfo {
+    CloseInfo {
+        code: 1006,
+        reason: reason.to_owned(),
+        clean: false,
+    }
+}
