@@ -1,6 +1,8 @@
 //! Shared test support: a server on a background thread, and real clients on loopback.
 #![allow(dead_code)] // each test file uses a different part of this
 
+pub mod scripted;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::mpsc;
