@@ -145,7 +145,7 @@ impl Model {
 }
 
 enum Peer {
-    Ws(Client),
+    Ws(Box<Client>),
     Raw(RawWs),
 }
 
@@ -187,7 +187,7 @@ fn run(seed: u64, commands: usize) {
                     &path,
                 ))
             } else {
-                Peer::Ws(connect(&server.url(&path)))
+                Peer::Ws(Box::new(connect(&server.url(&path))))
             }
         })
         .collect();
@@ -206,8 +206,8 @@ fn run(seed: u64, commands: usize) {
         for _ in 0..batch {
             let (line, answer) = model.step(&mut rng, &mut seq);
             // The answer follows whatever the command queued for the controller itself.
-            if line.starts_with("?all ") {
-                let text = line["?all ".len()..].to_owned();
+            if let Some(text) = line.strip_prefix("?all ") {
+                let text = text.to_owned();
                 let last = model.streams[0].pop();
                 debug_assert_eq!(last.as_deref(), Some(text.as_str()));
                 answers.push(text);
