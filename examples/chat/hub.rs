@@ -277,35 +277,26 @@ impl Chat {
         Frame::text(&v.to_string())
     }
 
-    /// One frame to every connection of a user: encoded once, sent to each tab.
+    /// One frame to every connection of a user (its topic): encoded once, sent to each tab.
     fn send_to_user(&self, ctx: &mut Ctx<'_, Conn>, key: u64, frame: &Frame) -> usize {
-        let Some(user) = self.users.get(&key) else {
-            return 0;
-        };
-        user.conns
-            .iter()
-            .filter(|&&c| ctx.send(c, frame).is_ok())
-            .count()
+        ctx.publish(&user_topic(key), frame).queued
     }
 
-    /// One frame to every connection of every member of `room` except `except`'s: encoded
-    /// once, queued by one walk of the connection table.
-    fn send_to_room(
-        &self,
-        ctx: &mut Ctx<'_, Conn>,
-        room: &str,
-        except: Option<u64>,
-        frame: &Frame,
-    ) -> usize {
-        let Some(room) = self.rooms.get(room) else {
-            return 0;
-        };
-        let members = &room.members;
-        ctx.broadcast_to(frame, |_, c| {
-            c.user
-                .is_some_and(|u| Some(u) != except && members.contains(&u))
-        })
-        .queued
+    /// One frame to every connection of every member of `room` (the room's topic).
+    fn send_to_room(&self, ctx: &mut Ctx<'_, Conn>, room: &str, frame: &Frame) -> usize {
+        ctx.publish(&room_topic(room), frame).queued
+    }
+
+    /// Subscribes or unsubscribes every connection of a user to or from a room's topic.
+    fn follow_room(&self, ctx: &mut Ctx<'_, Conn>, key: u64, room: &str, follow: bool) {
+        let topic = room_topic(room);
+        for &id in self.users.get(&key).map_or(&[][..], |u| &u.conns) {
+            let _ = if follow {
+                ctx.subscribe(id, &topic)
+            } else {
+                ctx.unsubscribe(id, &topic)
+            };
+        }
     }
 
     // ----- requests from clients -----
@@ -391,14 +382,14 @@ impl Chat {
     }
 
     /// Keeps a room message in the room's history and sends it to every member's
-    /// connections (the sender's included): one encoding, one `broadcast_to`.
+    /// connections (the sender's included): one encoding, one publish to the room's topic.
     fn publish(&mut self, ctx: &mut Ctx<'_, Conn>, room: &str, msg: Value) -> usize {
         let encoded = msg.to_string();
         let frame = Frame::text(&encoded);
         if let Some(r) = self.rooms.get_mut(room) {
             r.remember(msg, encoded.len(), &self.opts);
         }
-        self.send_to_room(ctx, room, None, &frame)
+        self.send_to_room(ctx, room, &frame)
     }
 
     fn direct(
@@ -484,11 +475,13 @@ impl Chat {
             .rooms
             .insert(room.to_owned());
         self.count_changed(ctx, room);
-        let frame = self.room_state(room);
-        self.send_to_user(ctx, key, &frame);
+        // The other members hear of it before the newcomer's tabs follow the room.
         let from = self.user_ref(key);
         let presence = self.stamp("presence", from, json!({ "event": "join", "room": room }));
-        self.send_to_room(ctx, room, Some(key), &Frame::text(&presence.to_string()));
+        self.send_to_room(ctx, room, &Frame::text(&presence.to_string()));
+        self.follow_room(ctx, key, room, true);
+        let frame = self.room_state(room);
+        self.send_to_user(ctx, key, &frame);
         Ok(())
     }
 
@@ -555,6 +548,7 @@ impl Chat {
 
     /// Takes a user out of a room and tells the other members.
     fn remove_member(&mut self, ctx: &mut Ctx<'_, Conn>, key: u64, room: &str) {
+        self.follow_room(ctx, key, room, false);
         if let Some(user) = self.users.get_mut(&key) {
             user.rooms.remove(room);
         }
@@ -565,7 +559,7 @@ impl Chat {
         self.count_changed(ctx, room);
         let from = self.user_ref(key);
         let presence = self.stamp("presence", from, json!({ "event": "leave", "room": room }));
-        self.send_to_room(ctx, room, Some(key), &Frame::text(&presence.to_string()));
+        self.send_to_room(ctx, room, &Frame::text(&presence.to_string()));
     }
 
     // ----- room counts -----
@@ -596,7 +590,7 @@ impl Chat {
             })
             .collect();
         let v = self.stamp("room_counts", "server".into(), json!({ "rooms": rooms }));
-        ctx.broadcast_to(&Frame::text(&v.to_string()), |_, c| c.user.is_some());
+        ctx.publish(SIGNED_IN, &Frame::text(&v.to_string()));
     }
 
     // ----- users coming and going -----
@@ -862,7 +856,7 @@ impl Chat {
             body["scope"] = "all".into();
             let msg = self.stamp("push", "server".into(), body);
             let delivered = ctx
-                .broadcast_to(&Frame::text(&msg.to_string()), |_, c| c.user.is_some())
+                .publish(SIGNED_IN, &Frame::text(&msg.to_string()))
                 .queued;
             Ok((delivered, self.seq))
         }
@@ -1008,6 +1002,13 @@ impl Handler for Chat {
                     c.user = Some(key);
                 }
                 let user = &self.users[&key];
+                // This tab follows everything its user does: the user's own topic (DMs,
+                // pushes), the signed-in users', and the user's rooms.
+                let _ = ctx.subscribe(id, &user_topic(key));
+                let _ = ctx.subscribe(id, SIGNED_IN);
+                for room in &user.rooms {
+                    let _ = ctx.subscribe(id, &room_topic(room));
+                }
                 let body = json!({
                     "you": { "id": user.id, "name": user.name },
                     "token": user.token,
@@ -1105,6 +1106,21 @@ impl Handler for Chat {
             _ => {}
         }
     }
+}
+
+// ----- topics -----
+
+/// Every signed-in connection: room counts and pushes to `all`.
+const SIGNED_IN: &str = "signed-in";
+
+/// A room's members' connections.
+fn room_topic(room: &str) -> String {
+    format!("room:{room}")
+}
+
+/// A user's connections (tabs).
+fn user_topic(key: u64) -> String {
+    format!("user:{key}")
 }
 
 // ----- validation -----
