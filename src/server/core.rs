@@ -13,7 +13,7 @@ use bytes::Bytes;
 use slab::Slab;
 use tungstenite::protocol::WebSocketConfig;
 
-use super::outbound::TurnBuffer;
+use super::turn::TurnBuffer;
 use crate::connection::{Connection, Phase};
 use crate::frame::sendable_close_code;
 use crate::timers::{TimerId, Timers};

@@ -14,6 +14,7 @@ mod inbound;
 mod outbound;
 mod shutdown;
 mod timeouts;
+mod turn;
 
 use std::io;
 use std::mem;

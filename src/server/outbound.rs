@@ -28,40 +28,9 @@ use crate::{ConnId, Ctx, Frame, Handler, SendError, SlowConsumer};
 /// recipients nothing but a span.
 const COPY_BELOW: usize = 16 * 1024;
 
-/// A turn buffer with more capacity than this is given back when the turn ends, so one burst
-/// does not keep its memory for the server's life.
-const KEEP_CAPACITY: usize = 1024 * 1024;
-
 /// After this many rounds of follow-up work in one turn, the rest waits for the next turn
 /// (polled without sleeping), so sockets are never starved.
 const SETTLE_ROUNDS: usize = 64;
-
-/// The data frames queued during one loop turn, each once.
-#[derive(Default)]
-pub(crate) struct TurnBuffer {
-    buf: Vec<u8>,
-    /// Connections whose outbox may hold spans of `buf`: sealed when the turn ends.
-    holders: Vec<ConnId>,
-    /// The last frame appended and where it starts, so a frame sent to many connections one
-    /// `send` at a time is appended once. The clone keeps the frame's memory alive, so its
-    /// address cannot be reused by another frame within the turn.
-    last: Option<(Bytes, usize)>,
-}
-
-impl TurnBuffer {
-    /// Appends `wire` unless it is the frame appended last; returns its span.
-    fn append(&mut self, wire: &Bytes) -> (usize, usize) {
-        if let Some((last, start)) = &self.last {
-            if last.as_ptr() == wire.as_ptr() && last.len() == wire.len() {
-                return (*start, start + wire.len());
-            }
-        }
-        let start = self.buf.len();
-        self.buf.extend_from_slice(wire);
-        self.last = Some((wire.clone(), start));
-        (start, start + wire.len())
-    }
-}
 
 impl<D> Core<D> {
     /// Ends the turn for the write path: what sockets did not take of the turn buffer becomes
@@ -69,28 +38,18 @@ impl<D> Core<D> {
     /// before anything else is queued after a turn, as spans are only valid within one.
     pub(crate) fn seal_turn(&mut self) {
         let Core { conns, shared, .. } = self;
-        let turn = &mut shared.turn;
-        turn.last = None;
         let live = |id: &ConnId| {
             conns
                 .get(id.key())
                 .filter(|c| c.generation == id.generation())
         };
-        let kept = turn
-            .holders
+        let kept = shared
+            .turn
+            .holders()
             .iter()
             .any(|id| live(id).is_some_and(|c| c.outbox.holds_turn()));
-        let frozen = if kept {
-            let capacity = turn.buf.capacity().min(KEEP_CAPACITY);
-            Bytes::from(mem::replace(&mut turn.buf, Vec::with_capacity(capacity)))
-        } else {
-            turn.buf.clear();
-            if turn.buf.capacity() > KEEP_CAPACITY {
-                turn.buf = Vec::new();
-            }
-            Bytes::new()
-        };
-        for id in turn.holders.drain(..) {
+        let (frozen, holders) = shared.turn.end(kept);
+        for id in holders {
             if let Some(conn) = conns
                 .get_mut(id.key())
                 .filter(|c| c.generation == id.generation())
@@ -151,7 +110,7 @@ impl<D> Shared<D> {
         if wire.len() < COPY_BELOW {
             let (start, end) = self.turn.append(wire);
             if conn.outbox.push_span(Kind::Data, start, end) {
-                self.turn.holders.push(id);
+                self.turn.hold(id);
             }
         } else {
             conn.outbox.push(Kind::Data, wire.clone());
@@ -211,7 +170,7 @@ impl<D> Shared<D> {
     /// Writes what the socket takes now, keeping the byte counts.
     pub(crate) fn write(&mut self, conn: &mut Connection<D>) -> std::io::Result<Flush> {
         let before = conn.outbox.queued();
-        let result = conn.outbox.write_to(&mut conn.sock, &self.turn.buf);
+        let result = conn.outbox.write_to(&mut conn.sock, self.turn.bytes());
         let written = before - conn.outbox.queued();
         self.stats.bytes_out += written as u64;
         self.stats.queued_bytes -= written;
