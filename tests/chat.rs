@@ -1,4 +1,4 @@
-//! The chat example's protocol, end to end: the hub from `examples/chat/hub.rs` on a test
+//! The chat example's protocol, end to end: the chat from `examples/chat/chat.rs` on a test
 //! server, real tungstenite clients and raw HTTP on loopback. Every read has a timeout
 //! (common::IO_TIMEOUT), so a missing message fails a test instead of hanging it.
 //!
@@ -7,14 +7,14 @@
 
 mod common;
 
-#[path = "../examples/chat/hub.rs"]
+#[path = "../examples/chat/chat.rs"]
 #[allow(dead_code)]
-mod hub;
+mod chat;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::*;
-use hub::{Chat, Options, close};
+use chat::{Chat, Options, close};
 use serde_json::{Value, json};
 use tungstenite::Message;
 
@@ -31,7 +31,7 @@ fn opts() -> Options {
 }
 
 fn chat(opts: Options) -> Server {
-    start(hub::config(), Chat::new(opts))
+    start(chat::config(), Chat::new(opts))
 }
 
 /// A client: the socket, and the last `seq` it saw (every server message has a higher one).
@@ -878,7 +878,7 @@ fn the_page_and_the_routes() {
         head.contains("Content-Security-Policy: default-src 'none'"),
         "{head}"
     );
-    assert_eq!(body, hub::PAGE);
+    assert_eq!(body, chat::PAGE);
     assert!(body.contains("<title>wshub chat</title>"));
     let (status, _, body) = http(&server, "GET", "/nope", "", "");
     assert_eq!(status, 404);

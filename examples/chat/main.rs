@@ -9,7 +9,7 @@
 //! `ADDR` defaults to `127.0.0.1:8080` (port 0: any free port; the URL printed says which).
 //! The push token may also come from the environment variable `CHAT_PUSH_TOKEN`.
 
-mod hub;
+mod chat;
 
 use std::process::ExitCode;
 
@@ -32,11 +32,11 @@ fn main() -> ExitCode {
 }
 
 fn run() -> Result<(), String> {
-    let mut opts = hub::Options {
+    let mut opts = chat::Options {
         push_token: std::env::var("CHAT_PUSH_TOKEN")
             .ok()
             .filter(|t| !t.is_empty()),
-        ..hub::Options::default()
+        ..chat::Options::default()
     };
     let mut addr = "127.0.0.1:8080".to_owned();
     let mut args = std::env::args().skip(1);
@@ -63,9 +63,9 @@ fn run() -> Result<(), String> {
 
     let with_token = opts.push_token.is_some();
     let history = opts.history;
-    let mut server = Server::bind(&addr, hub::config(), hub::Chat::new(opts))
+    let mut server = Server::bind(&addr, chat::config(), chat::Chat::new(opts))
         .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
-    hub::start_timers(&mut server);
+    chat::start_timers(&mut server);
     let local = server.local_addr().ok_or("no local address")?;
     // The one line a script (or a person) needs; logs follow.
     println!("http://{local}/");

@@ -1,4 +1,4 @@
-//! The chat hub: every rule of the protocol (see `README.md` beside this file) in one
+//! The chat: every rule of the protocol (see `README.md` beside this file) in one
 //! [`Handler`]. `main.rs` runs it; `tests/chat.rs` includes this file and runs it in-process.
 //!
 //! Identity: a *user* has a public id (for private messages), a secret token (kept by the
@@ -28,7 +28,7 @@ pub const LOBBY: &str = "lobby";
 /// Longest user name and room name, in characters.
 pub const MAX_NAME_CHARS: usize = 32;
 
-/// Close codes the hub uses (the library adds 1001, 1008, 1009, 1006).
+/// Close codes the chat uses (the library adds 1001, 1008, 1009, 1006).
 pub mod close {
     /// The name in the query string is missing or invalid.
     pub const INVALID_NAME: u16 = 4001;
@@ -58,7 +58,7 @@ pub fn config() -> Config {
         .slow_consumer(SlowConsumer::Close)
 }
 
-/// The hub's own limits. `Options::default()` is what `main.rs` runs with.
+/// The chat's own limits. `Options::default()` is what `main.rs` runs with.
 #[derive(Clone, Debug)]
 pub struct Options {
     /// Messages kept per room and sent on joining it.
@@ -166,7 +166,7 @@ struct Room {
     last_active: Instant,
 }
 
-/// A request the hub refuses: the `code` and `message` of an `error`.
+/// A request the chat refuses: the `code` and `message` of an `error`.
 #[derive(Debug)]
 struct Fail {
     code: &'static str,
@@ -180,7 +180,7 @@ fn fail(code: &'static str, message: impl Into<String>) -> Fail {
     }
 }
 
-/// Counters of the hub itself, reported by `GET /stats`.
+/// Counters of the chat itself, reported by `GET /stats`.
 #[derive(Default)]
 struct Totals {
     users_created: u64,
