@@ -104,6 +104,7 @@ impl Outbox {
     /// Whether a data frame of `len` bytes may be queued under `limit`. A queue without
     /// data frames always takes one (what it owes the peer, such as the 101, does not
     /// count), so a message larger than the limit can still be sent.
+    #[inline]
     pub(crate) fn fits(&self, len: usize, limit: usize) -> bool {
         self.data_queued == 0 || self.queued + len <= limit
     }
@@ -123,6 +124,7 @@ impl Outbox {
     /// Queues `start..end` of the current turn's buffer, merged into the last chunk when
     /// that ends where this starts. Returns whether the outbox had no turn span before, so
     /// the caller lists it for sealing once.
+    #[inline]
     pub(crate) fn push_span(&mut self, kind: Kind, start: usize, end: usize) -> bool {
         self.count(kind, end - start);
         let merged = match self.chunks.back_mut() {
@@ -144,6 +146,7 @@ impl Outbox {
         !std::mem::replace(&mut self.in_turn, true)
     }
 
+    #[inline]
     fn count(&mut self, kind: Kind, len: usize) {
         self.queued += len;
         if kind == Kind::Data {

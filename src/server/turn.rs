@@ -26,6 +26,7 @@ pub(crate) struct TurnBuffer {
 
 impl TurnBuffer {
     /// Appends `wire` unless it is the frame appended last; returns its span.
+    #[inline]
     pub(crate) fn append(&mut self, wire: &Bytes) -> (usize, usize) {
         if let Some((last, start)) = &self.last {
             if last.as_ptr() == wire.as_ptr() && last.len() == wire.len() {
@@ -43,6 +44,7 @@ impl TurnBuffer {
     }
 
     /// Lists a connection whose outbox now holds spans of this turn.
+    #[inline]
     pub(crate) fn hold(&mut self, id: ConnId) {
         self.holders.push(id);
     }
