@@ -1,33 +1,52 @@
 //! Broadcast fan-out benchmark: the wshub `broadcast` example against a
-//! baseline tokio + tokio-tungstenite broadcast server, same workload, same
-//! invocation.
+//! minimal hand-written mio server (the floor) and the typical tokio +
+//! tokio-tungstenite server, same workload, same invocation.
 //!
 //! ```text
 //! cargo bench --bench fanout                 # full grid -> BENCHMARKS.md, benches/fanout.svg
 //! cargo bench --bench fanout -- --quick      # CI: correctness only -> target/bench-quick.md
 //! WSHUB_BENCH_QUICK=1 cargo bench --bench fanout
-//! cargo bench --bench fanout -- --baseline-only   # skip wshub (e.g. while it does not build)
-//! cargo bench --bench fanout -- --wshub-only      # skip the baseline (e.g. for profiling)
+//! cargo test --all-targets                   # runs this binary without --bench: the quick pass
+//! cargo bench --bench fanout -- --floor-only     # one server: also --tokio-only (= --baseline-only)
+//! cargo bench --bench fanout -- --wshub-only     # wshub and wshub-filter
+//! cargo bench --bench fanout -- --no-wshub       # floor and tokio (e.g. while wshub does not build)
+//! cargo bench --bench fanout -- --servers floor,wshub-filter   # any set of servers
+//! cargo bench --bench fanout -- --workloads rooms # only some of fanout,rate,rooms
 //! cargo bench --bench fanout -- --repeats 1       # one run per cell instead of 3
 //! cargo bench --bench fanout -- --n 1000          # only the cells with N=1000
 //! ```
 //!
+//! Only a complete full run (`cargo bench`, every server and cell) rewrites
+//! BENCHMARKS.md and benches/fanout.svg; everything else writes under the
+//! target directory. `cargo bench` passes `--bench` to this binary and
+//! `cargo test` does not, which is how a test run is told apart: it gets the
+//! quick pass, so `cargo test --all-targets` neither takes minutes nor
+//! touches tracked files.
+//!
 //! Workload: N clients connect; K of them send M text messages of 64 bytes
 //! each (sender index, sequence number, send timestamp). The server sends
-//! every message to all N clients, so a cell has N*K*M deliveries. Every
-//! client checks that it gets every message exactly once and in order per
-//! sender; any loss, duplicate or reordering fails the run (exit code 1).
+//! every message to all N clients, so a cell has N*K*M deliveries. In the
+//! rooms workload the clients are split into rooms (`?room=NAME` on the
+//! upgrade URL) and a message goes to its sender's room only. Every client
+//! checks that it gets every message meant for it exactly once and in order
+//! per sender, and nothing else; any loss, duplicate, reordering or stray
+//! delivery fails the run (exit code 1).
 //!
-//! Layout: `loadgen` (the mio client pool), `wire` (frame format),
-//! `baseline` (the comparison server), `server` (process control),
-//! `sys` (OS measurements), `report` (table, targets, chart).
+//! Layout: `loadgen` (the mio client pool), `wire` (frame format), `rooms`
+//! (the room query parameter), `floor` and `baseline` (the comparison
+//! servers), `server` (process control), `sys` (OS measurements), `report`
+//! (tables, targets, chart).
 
 #[path = "fanout/baseline.rs"]
 mod baseline;
+#[path = "fanout/floor.rs"]
+mod floor;
 #[path = "fanout/loadgen.rs"]
 mod loadgen;
 #[path = "fanout/report.rs"]
 mod report;
+#[path = "fanout/rooms.rs"]
+mod rooms;
 #[path = "fanout/server.rs"]
 mod server;
 #[path = "fanout/sys.rs"]
@@ -48,16 +67,44 @@ use sys::Clock;
 /// (a dropped SYN costs a 1 s retransmission). wshub's backlog is 1024.
 const CONNECT_CONCURRENCY: usize = 100;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
-/// Deadline of one message phase (quick mode: `QUICK_RUN_TIMEOUT`).
-const RUN_TIMEOUT: Duration = Duration::from_secs(60);
+/// Deadline of one message phase (quick mode: `QUICK_RUN_TIMEOUT`): well
+/// above the slowest run, wshub-filter's rooms cell (~18 s).
+const RUN_TIMEOUT: Duration = Duration::from_secs(120);
 const QUICK_RUN_TIMEOUT: Duration = Duration::from_secs(15);
 /// Pause between connecting and reading the idle RSS.
 const SETTLE: Duration = Duration::from_millis(300);
-/// Messages in flight per run in fast mode, split over the senders.
-const FAST_IN_FLIGHT: u32 = 64;
-/// Target deliveries per fast-mode run (N*K*M), the same for both servers.
+/// Fan-out grid: messages in flight per run in fast mode (split over the
+/// senders), and senders.
+const WINDOWS: [u32; 2] = [32, 64];
+const SENDERS: [usize; 2] = [1, 10];
+/// Target deliveries per fast-mode run (N*K*M), the same for every server.
 const FULL_DELIVERIES: u64 = 3_000_000;
 const QUICK_DELIVERIES: u64 = 100_000;
+/// The rooms workload of the full grid: 10,000 clients in 1,000 rooms of
+/// 10, one sender per room, every message to its room only (sender
+/// included). 32 messages in flight per sender (32,000 in all) let each
+/// client have up to 32 frames on their way, as in the window-32 fan-out
+/// cells, so both workloads batch alike and the figures compare the work
+/// per message (finding the recipients, copying) rather than the write
+/// syscalls; with 8 per sender the floor spent twice the CPU per delivery
+/// (0.93 vs 0.42 µs), nearly all of it in the kernel's send path. M=300
+/// makes 10*1,000*300 = 3.0M deliveries, as many as a fan-out cell: on the
+/// reference VM 1.3 s for the floor (2.3M/s), about 2 s for wshub and tokio
+/// (1.4-1.6M/s), and ~18 s for wshub-filter (170k/s: its walk over all
+/// 10,000 connections per message is what the cell exposes).
+const FULL_ROOMS: RoomsRun = RoomsRun {
+    n: 10_000,
+    rooms: 1_000,
+    per_sender: 32,
+    m: Some(300),
+};
+/// Quick mode: 100 clients in 10 rooms of 10, M from `QUICK_DELIVERIES`.
+const QUICK_ROOMS: RoomsRun = RoomsRun {
+    n: 100,
+    rooms: 10,
+    per_sender: 32,
+    m: None,
+};
 /// Fixed-rate run (latency) of the full grid, at the largest N: one sender,
 /// 5 messages/s (one every 200 ms) for 8 s. At N=10000 that is 50k
 /// deliveries/s. Each delivery is then a write syscall of its own (nothing to
@@ -78,7 +125,8 @@ const QUICK_RATE: RateRun = RateRun {
 /// A run during which other processes used more than `report::NOISY_SHARE`
 /// of a CPU was disturbed (the machine may be shared): it is repeated, after
 /// waiting up to `QUIET_WAIT` for the machine to calm down, at most
-/// `NOISY_RETRIES` times. Medians leave out runs that stayed noisy.
+/// `NOISY_RETRIES` times. Medians leave out runs that stayed noisy. Not in
+/// quick mode, which checks correctness only and must stay short.
 const NOISY_RETRIES: usize = 3;
 const QUIET_WAIT: Duration = Duration::from_secs(20);
 /// CPUs for the server and the load generator.
@@ -91,20 +139,66 @@ struct RateRun {
     secs: f64,
 }
 
+/// The rooms workload: N clients in `rooms` rooms, one sender per room.
+struct RoomsRun {
+    n: usize,
+    rooms: usize,
+    /// Messages in flight per sender.
+    per_sender: u32,
+    /// Messages per sender (None: from the mode's delivery target).
+    m: Option<u32>,
+}
+
+/// The kinds of cells, selectable with `--workloads`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Workload {
+    /// Fast fan-out to all N clients.
+    Fanout,
+    /// The fixed-rate latency cell.
+    Rate,
+    /// Fast, to rooms.
+    Rooms,
+}
+
+impl Workload {
+    const ALL: [Workload; 3] = [Workload::Fanout, Workload::Rate, Workload::Rooms];
+
+    fn name(self) -> &'static str {
+        match self {
+            Workload::Fanout => "fanout",
+            Workload::Rate => "rate",
+            Workload::Rooms => "rooms",
+        }
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if let Some(i) = args.iter().position(|a| a == "--baseline-server") {
-        let Some(addr) = args.get(i + 1) else {
-            eprintln!("--baseline-server needs an address");
-            std::process::exit(2);
-        };
-        if let Err(e) = baseline::run(addr) {
-            eprintln!("baseline server: {e}");
-            std::process::exit(1);
+    // Re-executed as one of the comparison servers.
+    type Serve = fn(&str) -> Result<(), String>;
+    for (flag, serve) in [
+        ("--baseline-server", baseline::run as Serve),
+        ("--floor-server", floor::run),
+    ] {
+        if let Some(i) = args.iter().position(|a| a == flag) {
+            let Some(addr) = args.get(i + 1) else {
+                eprintln!("{flag} needs an address");
+                std::process::exit(2);
+            };
+            if let Err(e) = serve(addr) {
+                eprintln!("{flag}: {e}");
+                std::process::exit(1);
+            }
+            return;
         }
-        return;
     }
-    let options = Options::parse(&args);
+    let options = match Options::parse(&args) {
+        Ok(options) => options,
+        Err(e) => {
+            eprintln!("fanout bench: {e}");
+            std::process::exit(2);
+        }
+    };
     match run(&options) {
         Ok(()) => {}
         Err(e) => {
@@ -116,9 +210,12 @@ fn main() {
 
 /// Command-line options; unknown arguments (such as cargo's `--bench`) are ignored.
 struct Options {
+    /// Run by `cargo bench` (which passes `--bench`), not by `cargo test`.
+    bench: bool,
     quick: bool,
-    /// The servers to compare (`--baseline-only`, `--wshub-only` select one).
+    /// The servers to compare (`--servers`, `--floor-only` etc. select some).
     servers: Vec<ServerKind>,
+    workloads: Vec<Workload>,
     repeats: usize,
     /// `--n 100,1000`: run only the cells with these N (for investigating).
     only_n: Option<Vec<usize>>,
@@ -127,34 +224,87 @@ struct Options {
 }
 
 impl Options {
-    fn parse(args: &[String]) -> Options {
+    fn parse(args: &[String]) -> Result<Options, String> {
+        let value_of = |flag: &str| {
+            args.iter()
+                .position(|a| a == flag)
+                .map(|i| {
+                    args.get(i + 1)
+                        .cloned()
+                        .ok_or(format!("{flag} needs a value"))
+                })
+                .transpose()
+        };
+        let has = |flag: &str| args.iter().any(|a| a == flag);
+        let bench = has("--bench");
         let env_quick = std::env::var("WSHUB_BENCH_QUICK").is_ok_and(|v| v == "1");
-        let quick = env_quick || args.iter().any(|a| a == "--quick");
-        let repeats = args
-            .iter()
-            .position(|a| a == "--repeats")
-            .and_then(|i| args.get(i + 1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(if quick { 1 } else { 3 })
-            .clamp(1, 9);
-        let only_n = args
-            .iter()
-            .position(|a| a == "--n")
-            .and_then(|i| args.get(i + 1))
-            .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect());
-        Options {
+        let quick = env_quick || has("--quick") || !bench;
+        let repeats = match value_of("--repeats")? {
+            Some(v) => v
+                .parse::<usize>()
+                .map_err(|e| format!("--repeats {v}: {e}"))?
+                .clamp(1, 9),
+            None if quick => 1,
+            None => 3,
+        };
+        let only_n = value_of("--n")?
+            .map(|v| {
+                v.split(',')
+                    .map(|n| n.trim().parse().map_err(|e| format!("--n {v}: {e}")))
+                    .collect::<Result<Vec<usize>, String>>()
+            })
+            .transpose()?;
+        let servers = if let Some(list) = value_of("--servers")? {
+            list.split(',')
+                .map(|name| {
+                    ServerKind::from_name(name.trim())
+                        .ok_or(format!("--servers: unknown server {name:?}"))
+                })
+                .collect::<Result<Vec<_>, _>>()?
+        } else if has("--floor-only") {
+            vec![ServerKind::Floor]
+        } else if has("--baseline-only") || has("--tokio-only") {
+            vec![ServerKind::Baseline]
+        } else if has("--wshub-only") {
+            vec![ServerKind::Wshub, ServerKind::WshubFilter]
+        } else if has("--no-wshub") {
+            vec![ServerKind::Floor, ServerKind::Baseline]
+        } else {
+            ServerKind::ALL.to_vec()
+        };
+        let workloads = match value_of("--workloads")? {
+            Some(list) => list
+                .split(',')
+                .map(|name| {
+                    Workload::ALL
+                        .into_iter()
+                        .find(|w| w.name() == name.trim())
+                        .ok_or(format!("--workloads: unknown workload {name:?}"))
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+            None => Workload::ALL.to_vec(),
+        };
+        Ok(Options {
+            bench,
             quick,
-            servers: if args.iter().any(|a| a == "--baseline-only") {
-                vec![ServerKind::Baseline]
-            } else if args.iter().any(|a| a == "--wshub-only") {
-                vec![ServerKind::Wshub]
-            } else {
-                vec![ServerKind::Wshub, ServerKind::Baseline]
-            },
+            // In the order of the report's columns, each once.
+            servers: ServerKind::ALL
+                .into_iter()
+                .filter(|k| servers.contains(k))
+                .collect(),
+            workloads,
             repeats,
             only_n,
             args: args.iter().filter(|a| *a != "--bench").cloned().collect(),
-        }
+        })
+    }
+
+    /// Whether this run measures everything the committed report shows.
+    fn complete(&self) -> bool {
+        !self.quick
+            && self.only_n.is_none()
+            && self.servers.len() == ServerKind::ALL.len()
+            && Workload::ALL.iter().all(|w| self.workloads.contains(w))
     }
 
     fn command_line(&self) -> String {
@@ -168,35 +318,46 @@ impl Options {
         } else {
             format!(" -- {}", self.args.join(" "))
         };
-        format!("{env}cargo bench --bench fanout{args}")
+        if self.bench {
+            format!("{env}cargo bench --bench fanout{args}")
+        } else {
+            format!("{env}the bench binary without --bench, as cargo test runs it{args}")
+        }
     }
 }
 
-/// The cells of the grid, grouped so that cells with the same N share one
-/// server process and one set of connections.
-fn grid(quick: bool) -> Vec<Cell> {
-    let (ns, deliveries, rate): (&[usize], u64, RateRun) = if quick {
-        (&[100], QUICK_DELIVERIES, QUICK_RATE)
+/// The cells of the grid, grouped so that cells with the same N and rooms
+/// share one server process and one set of connections.
+fn grid(quick: bool, workloads: &[Workload]) -> Vec<Cell> {
+    let (ns, deliveries, rate, rooms): (&[usize], u64, RateRun, RoomsRun) = if quick {
+        (&[100], QUICK_DELIVERIES, QUICK_RATE, QUICK_ROOMS)
     } else {
-        (&[100, 1000, 10_000], FULL_DELIVERIES, FULL_RATE)
+        (&[100, 1000, 10_000], FULL_DELIVERIES, FULL_RATE, FULL_ROOMS)
     };
     let rate_n = *ns.last().expect("grid has at least one N");
     let mut cells = Vec::new();
     for &n in ns {
-        for k in [1, 10] {
-            let m = (deliveries / (n as u64 * k as u64)).max(1) as u32;
-            cells.push(Cell {
-                n,
-                k,
-                m,
-                mode: Mode::Fast {
-                    window: (FAST_IN_FLIGHT / k as u32).max(1),
-                },
-            });
+        if workloads.contains(&Workload::Fanout) {
+            for k in SENDERS {
+                let m = (deliveries / (n as u64 * k as u64)).max(1) as u32;
+                for window in WINDOWS {
+                    cells.push(Cell {
+                        n,
+                        rooms: None,
+                        k,
+                        m,
+                        mode: Mode::Fast {
+                            window,
+                            per_sender: (window / k as u32).max(1),
+                        },
+                    });
+                }
+            }
         }
-        if n == rate_n {
+        if n == rate_n && workloads.contains(&Workload::Rate) {
             cells.push(Cell {
                 n,
+                rooms: None,
                 k: 1,
                 m: (rate.per_sec * rate.secs) as u32,
                 mode: Mode::Rate {
@@ -204,6 +365,23 @@ fn grid(quick: bool) -> Vec<Cell> {
                 },
             });
         }
+    }
+    if workloads.contains(&Workload::Rooms) {
+        // One sender per room.
+        let k = rooms.rooms;
+        let audience = (rooms.n / rooms.rooms) as u64;
+        cells.push(Cell {
+            n: rooms.n,
+            rooms: Some(rooms.rooms),
+            k,
+            m: rooms
+                .m
+                .unwrap_or((deliveries / (audience * k as u64)).max(1) as u32),
+            mode: Mode::Fast {
+                window: rooms.per_sender * k as u32,
+                per_sender: rooms.per_sender,
+            },
+        });
     }
     cells
 }
@@ -214,9 +392,12 @@ fn run(options: &Options) -> Result<(), String> {
 
     let nofile =
         sys::raise_nofile_limit().map_err(|e| format!("cannot raise RLIMIT_NOFILE: {e}"))?;
-    let mut cells = grid(options.quick);
+    let mut cells = grid(options.quick, &options.workloads);
     if let Some(only_n) = &options.only_n {
         cells.retain(|c| only_n.contains(&c.n));
+    }
+    if cells.is_empty() {
+        return Err("no cells selected (check --n and --workloads)".to_string());
     }
     let max_n = cells.iter().map(|c| c.n).max().unwrap_or(0);
     if nofile < max_n as u64 + 256 {
@@ -225,12 +406,12 @@ fn run(options: &Options) -> Result<(), String> {
         ));
     }
 
-    let wshub_exe = if options.servers.contains(&ServerKind::Wshub) {
+    let wshub_exe = if options.servers.iter().any(|k| k.is_wshub()) {
         Some(server::build_wshub_example(manifest_dir)?)
     } else {
         None
     };
-    let target_dir = wshub_target_dir(manifest_dir);
+    let target_dir = target_dir(manifest_dir);
     let log_dir = target_dir.join("fanout-bench-logs");
     std::fs::create_dir_all(&log_dir)
         .map_err(|e| format!("cannot create {}: {e}", log_dir.display()))?;
@@ -242,9 +423,17 @@ fn run(options: &Options) -> Result<(), String> {
         log_dir,
     };
     let pinned = launcher.pin_prefix.is_some() && sys::pin_self_to_cpu(LOADGEN_CPU).is_ok();
+    let servers: Vec<&str> = options.servers.iter().map(|k| k.name()).collect();
     eprintln!(
-        "fanout bench: {} mode, {} repeat(s), {cores} CPUs ({cpu_model}), RLIMIT_NOFILE {nofile}, {}",
+        "fanout bench: {} mode{}, servers {}, {} repeat(s), {cores} CPUs ({cpu_model}), \
+         RLIMIT_NOFILE {nofile}, {}",
         if options.quick { "quick" } else { "full" },
+        if options.bench {
+            ""
+        } else {
+            " (no --bench argument: run by cargo test)"
+        },
+        servers.join(", "),
         options.repeats,
         if pinned {
             format!("server on CPU {SERVER_CPU}, load generator on CPU {LOADGEN_CPU}")
@@ -253,8 +442,13 @@ fn run(options: &Options) -> Result<(), String> {
         }
     );
 
-    let mut ns: Vec<usize> = cells.iter().map(|c| c.n).collect();
-    ns.dedup();
+    // Sessions: cells with the same N and rooms share connections.
+    let mut sessions: Vec<(usize, Option<usize>)> = Vec::new();
+    for c in &cells {
+        if !sessions.contains(&(c.n, c.rooms)) {
+            sessions.push((c.n, c.rooms));
+        }
+    }
 
     let env = SessionEnv {
         launcher,
@@ -264,19 +458,30 @@ fn run(options: &Options) -> Result<(), String> {
         } else {
             RUN_TIMEOUT
         },
+        noisy_retries: if options.quick { 0 } else { NOISY_RETRIES },
     };
     let started = Instant::now();
     let mut results = Vec::new();
     for repeat in 0..options.repeats {
-        for &n in &ns {
-            let session_cells: Vec<Cell> = cells.iter().filter(|c| c.n == n).copied().collect();
-            // Alternate which server goes first, to spread slow drifts evenly.
-            let mut order = options.servers.clone();
-            if repeat % 2 == 1 {
-                order.reverse();
+        for &(n, rooms) in &sessions {
+            let session_cells: Vec<Cell> = cells
+                .iter()
+                .filter(|c| c.n == n && c.rooms == rooms)
+                .copied()
+                .collect();
+            // Rotate which server goes first, to spread slow drifts evenly.
+            let mut order: Vec<ServerKind> = options
+                .servers
+                .iter()
+                .copied()
+                .filter(|k| k.runs(rooms.is_some()))
+                .collect();
+            if !order.is_empty() {
+                let first = repeat % order.len();
+                order.rotate_left(first);
             }
             for &kind in &order {
-                results.extend(run_session(&env, kind, n, &session_cells, repeat)?);
+                results.extend(run_session(&env, kind, &session_cells, repeat)?);
             }
         }
     }
@@ -284,7 +489,7 @@ fn run(options: &Options) -> Result<(), String> {
     drop(env);
 
     let rows = report::rows(&cells, &results);
-    let table = report::markdown_table(&rows);
+    let table = report::markdown_tables(&rows);
     println!("\n{table}");
     eprintln!(
         "all {} runs delivered every message exactly once, in order ({:.1} s)",
@@ -301,7 +506,7 @@ fn run(options: &Options) -> Result<(), String> {
         commit: sys::git_commit(manifest_dir),
         date: sys::utc_now_string(),
         elapsed,
-        noise: noise_summary(&results),
+        noise: noise_summary(&results, options.quick),
     };
     if options.quick {
         let path = target_dir.join("bench-quick.md");
@@ -312,8 +517,7 @@ fn run(options: &Options) -> Result<(), String> {
         let targets = report::targets_markdown(&checks);
         println!("{targets}");
         // Only the complete comparison replaces the committed report.
-        let complete = options.only_n.is_none() && options.servers.len() == 2;
-        let (md_path, svg_path, svg_link) = if complete {
+        let (md_path, svg_path, svg_link) = if options.complete() {
             let svg = manifest_dir.join("benches").join("fanout.svg");
             (
                 manifest_dir.join("BENCHMARKS.md"),
@@ -340,22 +544,34 @@ struct SessionEnv {
     launcher: Launcher,
     clock: Clock,
     run_timeout: Duration,
+    /// How often a disturbed run is repeated (0 in quick mode).
+    noisy_retries: usize,
 }
 
-/// One server process: start it, connect N clients, run the cells, stop it.
+/// One server process: start it, connect N clients (into rooms, if the
+/// cells have them), run the cells, stop it. All `cells` share N and rooms.
 fn run_session(
     env: &SessionEnv,
     kind: ServerKind,
-    n: usize,
     cells: &[Cell],
     repeat: usize,
 ) -> Result<Vec<RunResult>, String> {
-    let context = |what: &str| format!("[{kind} N={n} repeat {}] {what}", repeat + 1);
-    let mut server = ServerProcess::start(kind, &env.launcher, &format!("n{n}-r{}", repeat + 1))
-        .map_err(|e| context(&e))?;
+    let Some(first) = cells.first() else {
+        return Ok(Vec::new());
+    };
+    let (n, rooms) = (first.n, first.rooms);
+    let rooms_tag = rooms.map_or(String::new(), |r| format!(" rooms={r}"));
+    let context = |what: &str| format!("[{kind} N={n}{rooms_tag} repeat {}] {what}", repeat + 1);
+    let log_tag = format!(
+        "n{n}{}-r{}",
+        rooms.map_or(String::new(), |r| format!("-rooms{r}")),
+        repeat + 1
+    );
+    let mut server =
+        ServerProcess::start(kind, &env.launcher, &log_tag).map_err(|e| context(&e))?;
     let rss_before = server.rss_bytes()?;
     let (mut pool, connect) =
-        match ClientPool::connect(server.addr, n, CONNECT_CONCURRENCY, CONNECT_TIMEOUT) {
+        match ClientPool::connect(server.addr, n, rooms, CONNECT_CONCURRENCY, CONNECT_TIMEOUT) {
             Ok(ok) => ok,
             Err(e) => return Err(context(&with_server_state(e, &mut server))),
         };
@@ -369,7 +585,7 @@ fn run_session(
             senders: cell.k,
             messages_per_sender: cell.m,
             pacing: match cell.mode {
-                Mode::Fast { window } => Pacing::Window { window },
+                Mode::Fast { per_sender, .. } => Pacing::Window { window: per_sender },
                 Mode::Rate { per_sec } => Pacing::Rate { per_sec },
             },
             timeout: env.run_timeout,
@@ -386,7 +602,8 @@ fn run_session(
                 }
             };
             let noise = sys::proc_stat_share(stats.foreign_cpu, stats.wall).unwrap_or(0.0);
-            if noise <= report::NOISY_SHARE || attempt == NOISY_RETRIES {
+            // Quick mode checks correctness only: a disturbed run is as good as any.
+            if noise <= report::NOISY_SHARE || attempt == env.noisy_retries {
                 break stats;
             }
             attempt += 1;
@@ -449,12 +666,17 @@ fn with_server_state(error: String, server: &mut ServerProcess) -> String {
     }
 }
 
-/// `<target dir>`: where the release binaries live.
-fn wshub_target_dir(manifest_dir: &Path) -> PathBuf {
+/// The target directory this binary was built in (`<target>/<profile>/deps/`
+/// under both `cargo bench` and `cargo test`, honouring CARGO_TARGET_DIR):
+/// where logs and every report but the committed one go.
+fn target_dir(manifest_dir: &Path) -> PathBuf {
     std::env::current_exe()
         .ok()
-        .and_then(|exe| Some(exe.parent()?.parent()?.parent()?.to_path_buf()))
-        .filter(|dir| dir.join("release").is_dir())
+        .and_then(|exe| {
+            let deps = exe.parent()?;
+            (deps.file_name()? == "deps").then_some(())?;
+            Some(deps.parent()?.parent()?.to_path_buf())
+        })
         .unwrap_or_else(|| manifest_dir.join("target"))
 }
 
@@ -475,7 +697,7 @@ struct ReportFacts {
 }
 
 /// How much other processes ran during the measured runs.
-fn noise_summary(results: &[RunResult]) -> String {
+fn noise_summary(results: &[RunResult], quick: bool) -> String {
     let mut shares: Vec<f64> = results
         .iter()
         .filter_map(|r| r.foreign_cpu_share())
@@ -485,11 +707,18 @@ fn noise_summary(results: &[RunResult]) -> String {
     let (Some(median), Some(max)) = (shares.get(shares.len() / 2), shares.last()) else {
         return "not measured (all runs shorter than /proc/stat can resolve)".to_string();
     };
+    let handling = if quick {
+        "quick mode does not repeat disturbed runs".to_string()
+    } else {
+        format!(
+            "a run above {:.0}% was repeated (up to {NOISY_RETRIES} times) and left out of the \
+             medians if it stayed that noisy",
+            report::NOISY_SHARE * 100.0
+        )
+    };
     format!(
         "other processes used a median {median:.0}% (max {max:.0}%) of one CPU during the \
-         runs long enough to tell; a run above {:.0}% was repeated (up to {NOISY_RETRIES} times) \
-         and left out of the medians if it stayed that noisy",
-        report::NOISY_SHARE * 100.0
+         runs long enough to tell; {handling}"
     )
 }
 
@@ -511,8 +740,8 @@ fn quick_markdown(f: &ReportFacts, table: &str) -> String {
         "# wshub fan-out benchmark (quick, correctness only)\n\n\
          - date: {}\n- commit: {}\n- machine: {}\n- command: `{}`\n- duration: {:.1} s\n\
          - noise: {}\n\n\
-         Quick mode checks that every delivery arrives exactly once and in order; \
-         its numbers are too short to compare.\n\n{table}",
+         Quick mode checks that every delivery arrives exactly once, in order, and only \
+         in its sender's room; its numbers are too short to compare.\n\n{table}",
         f.date,
         f.commit,
         machine_line(f),
@@ -523,50 +752,76 @@ fn quick_markdown(f: &ReportFacts, table: &str) -> String {
 }
 
 fn full_markdown(f: &ReportFacts, table: &str, targets: &str, svg_link: &str) -> String {
+    let windows: Vec<String> = WINDOWS.iter().map(|w| w.to_string()).collect();
     format!(
         "# wshub fan-out benchmark\n\n\
          - date: {date}\n\
          - commit: {commit}\n\
          - machine: {machine}\n\
          - command: `{command}` (took {secs:.0} s)\n\
-         - each cell ran {repeats} time(s) per server; the table shows medians\n\
+         - each cell ran {repeats} time(s) per server; the tables show medians\n\
          - noise: {noise}\n\n\
          ![deliveries per second and server CPU per delivery vs N]({svg_link})\n\n\
          ## Workload\n\n\
          N WebSocket clients connect to the server; K of them send M text messages of \
          64 bytes each (sender index, sequence number and send timestamp in fixed-width \
-         ASCII). The server broadcasts every message to all N clients, the sender included, \
-         so a cell has N×K×M deliveries; M is chosen so that this is about {full} for every \
-         fast cell, the same for both servers. Every client checks that it receives every \
-         message exactly once and in order per sender; any loss, duplicate or reordering \
-         fails the benchmark.\n\n\
-         - **fast**: as fast as possible with flow control: each sender has at most W \
-         messages that have not yet reached all N clients ({in_flight} in flight per run, \
-         split over the K senders).\n\
-         - **fixed rate**: one sender sends {rate} messages/s (one every {interval} ms) for \
-         {rate_secs} s at N=10000, the latency cell. Unlike fast mode, every delivery is a \
-         write syscall of its own here (nothing queues up to batch), which costs either \
-         server ~8–11 µs on this machine, so one message to 10,000 clients is a sweep of \
-         ~100 ms. At this rate the sweeps do not overlap and neither server saturates, so \
-         the latency is that of one broadcast sweep, not of a growing queue (at 100 msg/s \
-         neither server keeps up at N=10000).\n\n\
-         The load generator is this bench binary: one thread, one mio event loop, hand-written \
-         client handshakes and frame parsing, connections spread over source addresses \
-         127.0.0.x, at most {concurrency} handshakes in flight (below the baseline's listen \
-         backlog of 128). It busy-polls (epoll with zero timeout) so that its own wake-up \
-         latency stays out of the numbers; its CPU time is therefore always ~100%, and the \
-         table shows instead how busy it was (time outside empty polls).\n\n\
+         ASCII). Every client checks that it receives every message meant for it exactly \
+         once and in order per sender, and no other; any loss, duplicate, reordering or \
+         stray delivery fails the benchmark.\n\n\
+         - **fan-out, fast**: the server broadcasts every message to all N clients, the \
+         sender included, so a cell has N×K×M deliveries; M is chosen so that this is \
+         about {full} for every cell. As fast as possible with flow control: at most W \
+         messages in flight (W = {windows}), split over the K senders; a sender's \
+         message stops counting once it has reached all N clients.\n\
+         - **fan-out, fixed rate**: one sender sends {rate} messages/s (one every \
+         {interval} ms) for {rate_secs} s at N=10000, the latency cell. Unlike fast mode, \
+         every delivery is a write syscall of its own here (nothing queues up to batch), \
+         which costs a server ~8–11 µs on this machine, so one message to 10,000 clients \
+         is a sweep of ~100 ms. At this rate the sweeps do not overlap and no server \
+         saturates, so the latency is that of one broadcast sweep, not of a growing queue \
+         (at 100 msg/s no server keeps up at N=10000).\n\
+         - **rooms**: N={rooms_n} clients in {rooms} rooms of {room_size} (`GET \
+         /?room=NAME`; client c is in room c mod {rooms}, so a room's members are spread \
+         over the connection table as clients joining in random order would be), one \
+         sender per room, M={rooms_m}: every message goes to the {room_size} members of \
+         its room, the sender included ({rooms_deliveries} deliveries, as in a fan-out \
+         cell). Each sender has at most {per_sender} messages in flight ({rooms_window} in \
+         all), so a client has up to {per_sender} frames on their way, as in the \
+         window-{per_sender} fan-out cells: both workloads batch frames into writes alike, \
+         and the figures compare the work per message (finding the recipients, copying) \
+         rather than write syscalls (with 8 per sender the floor spent twice the CPU per \
+         delivery, nearly all in the kernel's send path).\n\n\
+         The load generator is this bench binary: one thread, one mio event loop, \
+         hand-written client handshakes and frame parsing, connections spread over source \
+         addresses 127.0.0.x, at most {concurrency} handshakes in flight (below tokio's \
+         listen backlog of 128). It busy-polls (epoll with zero timeout) so that its own \
+         wake-up latency stays out of the numbers; its CPU time is therefore always ~100%, \
+         and the tables show instead how busy it was (time outside empty polls).\n\n\
          ## Servers\n\n\
-         - **wshub**: `target/release/examples/broadcast` of this crate (single-threaded, mio).\n\
-         - **baseline**: the typical tokio + tokio-tungstenite 0.30 broadcast server with \
+         - **floor**: the least a broadcast server on mio has to do, written by hand for \
+         this benchmark (`benches/fanout/floor.rs`): single-threaded, minimal handshake, \
+         minimal frame parsing (unmask, text frames only, no protocol checks, no limits); \
+         per event-loop turn every message is copied, encoded once, into one contiguous \
+         buffer per recipient, and each recipient's buffer is written with one write at the \
+         end of the turn. What wshub costs above it is overhead.\n\
+         - **wshub**: `target/release/examples/broadcast` of this crate (single-threaded, \
+         mio); rooms are topics (`?room=NAME` subscribes, messages are published to it).\n\
+         - **wshub-filter**: the same example with `--filter`: rooms by \
+         `broadcast_to(filter)`, a walk over all connections per message (rooms workload \
+         only).\n\
+         - **tokio**: the typical tokio + tokio-tungstenite 0.30 broadcast server with \
          tungstenite's default configuration, on a current-thread runtime: per client an \
          unbounded mpsc channel drained by a writer task (feed all queued, then flush), a \
-         registry of senders, each text message cloned into every client's channel \
-         (`benches/fanout/baseline.rs`; TCP_NODELAY set like wshub).\n\n\
+         registry of senders (and a map room → members' senders), each text message cloned \
+         into every recipient's channel (`benches/fanout/baseline.rs`).\n\n\
+         All set TCP_NODELAY and honour `?room=NAME` the same way (the first `room` \
+         parameter, percent-decoded; a client without one sends to everyone).\n\n\
          ## Columns\n\n\
-         - deliveries/s: N×K×M divided by the wall time from the first send to the last delivery.\n\
+         - deliveries/s: deliveries divided by the wall time from the first send to the \
+         last delivery.\n\
          - server CPU µs/delivery: the server process's user+system CPU time over that \
-         interval (its CPU-time clock), divided by N×K×M.\n\
+         interval (its CPU-time clock), divided by the deliveries.\n\
+         - X / floor, X / tokio: server X's figure divided by the floor's or tokio's.\n\
          - latency: receive time minus the send timestamp in the message, over all \
          deliveries at all clients (hdrhistogram). In fast mode it includes queueing behind \
          the flow-control window.\n\
@@ -575,8 +830,7 @@ fn full_markdown(f: &ReportFacts, table: &str, targets: &str, svg_link: &str) ->
          - connect N: time to open N connections and finish all handshakes.\n\
          - server CPU / loadgen busy: the server's CPU time over the wall time, and the share \
          of the wall time the load generator spent outside empty polls; whichever is near \
-         100% was the bottleneck.\n\
-         - ratio: wshub / baseline.\n\n\
+         100% was the bottleneck.\n\n\
          ## Results\n\n{table}\n\
          ## Targets\n\n{targets}",
         date = f.date,
@@ -587,10 +841,18 @@ fn full_markdown(f: &ReportFacts, table: &str, targets: &str, svg_link: &str) ->
         repeats = f.repeats,
         noise = f.noise,
         full = report::si(FULL_DELIVERIES as f64),
-        in_flight = FAST_IN_FLIGHT,
+        windows = windows.join(" and "),
         rate = FULL_RATE.per_sec,
         interval = 1000.0 / FULL_RATE.per_sec,
         rate_secs = FULL_RATE.secs,
+        rooms_n = FULL_ROOMS.n,
+        rooms = FULL_ROOMS.rooms,
+        room_size = FULL_ROOMS.n / FULL_ROOMS.rooms,
+        rooms_m = FULL_ROOMS.m.unwrap_or(0),
+        rooms_deliveries =
+            report::si((FULL_ROOMS.n as u64 * u64::from(FULL_ROOMS.m.unwrap_or(0))) as f64),
+        per_sender = FULL_ROOMS.per_sender,
+        rooms_window = FULL_ROOMS.per_sender as usize * FULL_ROOMS.rooms,
         concurrency = CONNECT_CONCURRENCY,
         settle = SETTLE.as_millis(),
     )

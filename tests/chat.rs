@@ -13,8 +13,8 @@ mod chat;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::*;
 use chat::{Chat, Options, close};
+use common::*;
 use serde_json::{Value, json};
 use tungstenite::Message;
 

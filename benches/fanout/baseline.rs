@@ -4,9 +4,14 @@
 //! Per client: a reader loop, an unbounded mpsc channel, and a writer task
 //! draining that channel into the WebSocket sink. A shared registry holds
 //! every client's sender; each incoming text message is cloned into every
-//! client's channel, the sender's own included. This is the design of
+//! recipient's channel, the sender's own included. This is the design of
 //! tokio-tungstenite's own `examples/server.rs`; the writer loop below
 //! (feed what is queued, then flush) is what its `rx.forward(sink)` does.
+//!
+//! Rooms, as in wshub's `broadcast` example: a client that upgraded with
+//! `?room=NAME` is in room NAME and its messages go to every member of NAME,
+//! itself included (the registry keeps a map room -> members' senders); a
+//! client in no room sends to every client.
 //!
 //! It runs in its own process (the bench binary re-executed with
 //! `--baseline-server ADDR`) so its CPU time and RSS can be read from /proc.
@@ -20,8 +25,19 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 
-type Registry = Rc<RefCell<HashMap<u64, mpsc::UnboundedSender<Message>>>>;
+use crate::rooms;
+
+type Tx = mpsc::UnboundedSender<Message>;
+type Registry = Rc<RefCell<Clients>>;
+
+/// Every client's sender, and each room's members.
+#[derive(Default)]
+struct Clients {
+    all: HashMap<u64, Tx>,
+    rooms: HashMap<String, HashMap<u64, Tx>>,
+}
 
 /// Runs the baseline server until the process is killed.
 pub fn run(addr: &str) -> Result<(), String> {
@@ -58,12 +74,29 @@ async fn serve(addr: &str) -> Result<(), String> {
 async fn handle_client(stream: TcpStream, id: u64, registry: Registry) {
     // Small frames must not wait for Nagle's algorithm (wshub disables it too).
     let _ = stream.set_nodelay(true);
-    let Ok(ws) = tokio_tungstenite::accept_async(stream).await else {
+    let mut room = None;
+    // The signature is tungstenite's `Callback`, error type included.
+    #[allow(clippy::result_large_err)]
+    let read_room = |request: &Request, response: Response| {
+        room = request
+            .uri()
+            .path_and_query()
+            .and_then(|target| rooms::room_of(target.as_str()));
+        Ok(response)
+    };
+    let Ok(ws) = tokio_tungstenite::accept_hdr_async(stream, read_room).await else {
         return;
     };
     let (mut sink, mut source) = ws.split();
     let (tx, mut rx) = mpsc::unbounded_channel::<Message>();
-    registry.borrow_mut().insert(id, tx);
+    {
+        let mut clients = registry.borrow_mut();
+        if let Some(room) = &room {
+            let members = clients.rooms.entry(room.clone()).or_default();
+            members.insert(id, tx.clone());
+        }
+        clients.all.insert(id, tx);
+    }
 
     // Writer: ends when the registry drops this client's sender.
     tokio::task::spawn_local(async move {
@@ -82,11 +115,16 @@ async fn handle_client(stream: TcpStream, id: u64, registry: Registry) {
         }
     });
 
-    // Reader: broadcast every text message to all clients, in arrival order.
+    // Reader: every text message to the room (or all clients), in arrival order.
     while let Some(Ok(msg)) = source.next().await {
         match msg {
             Message::Text(_) => {
-                for client in registry.borrow().values() {
+                let clients = registry.borrow();
+                let recipients = match &room {
+                    Some(room) => clients.rooms.get(room),
+                    None => Some(&clients.all),
+                };
+                for client in recipients.into_iter().flat_map(HashMap::values) {
                     let _ = client.send(msg.clone());
                 }
             }
@@ -94,5 +132,14 @@ async fn handle_client(stream: TcpStream, id: u64, registry: Registry) {
             _ => {}
         }
     }
-    registry.borrow_mut().remove(&id);
+    let mut clients = registry.borrow_mut();
+    clients.all.remove(&id);
+    if let Some(room) = &room {
+        if let Some(members) = clients.rooms.get_mut(room) {
+            members.remove(&id);
+            if members.is_empty() {
+                clients.rooms.remove(room);
+            }
+        }
+    }
 }

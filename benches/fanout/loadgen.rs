@@ -7,6 +7,11 @@
 //! checks that every client receives every message exactly once, in order
 //! per sender, recording the delivery latency of each.
 //!
+//! Rooms: without them, every client must receive every sender's messages.
+//! With R rooms, client c joins room c % R (`?room=` on its upgrade URL;
+//! members interleaved, as clients joining in random order would be) and
+//! must receive the messages of exactly the senders in its room.
+//!
 //! Efficiency matters: the generator must not be the bottleneck. It reads
 //! into one large shared buffer, parses frames in place, and keeps per
 //! connection only the bytes of a frame split across reads.
@@ -26,6 +31,7 @@ use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
+use crate::rooms;
 use crate::sys::Clock;
 use crate::wire::{self, Payload};
 
@@ -115,6 +121,8 @@ pub struct ClientPool {
     read_buf: Box<[u8]>,
     rng: XorShift,
     server: SocketAddr,
+    /// The number of rooms the clients joined (None: no rooms, all hear all).
+    rooms: Option<usize>,
     /// Time spent in polls that returned no events.
     idle: Duration,
 }
@@ -131,14 +139,23 @@ pub struct ConnectStats {
 }
 
 impl ClientPool {
-    /// Opens `n` WebSocket connections to `server`, at most `concurrency`
-    /// handshakes at a time. Returns the pool and the time it took.
+    /// Opens `n` WebSocket connections to `server`, spread evenly over
+    /// `rooms` rooms if given, at most `concurrency` handshakes at a time.
+    /// Returns the pool and the time it took.
     pub fn connect(
         server: SocketAddr,
         n: usize,
+        rooms: Option<usize>,
         concurrency: usize,
         timeout: Duration,
     ) -> Result<(ClientPool, ConnectStats), String> {
+        if let Some(r) = rooms {
+            if r == 0 || n % r != 0 {
+                return Err(format!(
+                    "{n} clients do not split into {r} rooms of equal size"
+                ));
+            }
+        }
         let poll = Poll::new().map_err(|e| format!("cannot create poll: {e}"))?;
         let mut pool = ClientPool {
             poll,
@@ -147,6 +164,7 @@ impl ClientPool {
             read_buf: vec![0u8; READ_BUF_LEN].into_boxed_slice(),
             rng: XorShift(0x9E37_79B9_7F4A_7C15),
             server,
+            rooms,
             idle: Duration::ZERO,
         };
         let source_addrs = n.div_ceil(CONNS_PER_SOURCE_ADDR).clamp(1, 250);
@@ -232,8 +250,9 @@ impl ClientPool {
         )?;
         let key = tungstenite::handshake::client::generate_key();
         let expected_accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
+        let target = rooms::upgrade_target(self.rooms.map(|r| token.0 % r));
         let request = format!(
-            "GET /fanout HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+            "GET {target} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
              Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n",
             self.server
         );
@@ -307,19 +326,15 @@ impl ClientPool {
         clock: &Clock,
         server_cpu: &mut dyn FnMut() -> Result<Duration, String>,
     ) -> Result<MessageStats, String> {
-        let n = self.conns.len();
-        let k = plan.senders;
-        if k == 0 || k > n {
-            return Err(format!("{k} senders do not fit {n} clients"));
-        }
+        let layout = Layout::new(self.conns.len(), plan.senders, self.rooms)?;
         let window = match plan.pacing {
             Pacing::Window { window } => window.max(1),
             // Fixed rate: the window only bounds memory; a full window means
             // the server fell behind and the send waits.
             Pacing::Rate { .. } => plan.messages_per_sender.clamp(1, 1 << 14),
         };
-        let mut tracker = Tracker::new(n, k, plan.messages_per_sender, window);
-        let mut schedule = Schedule::new(plan, k);
+        let mut tracker = Tracker::new(layout, plan.messages_per_sender, window);
+        let mut schedule = Schedule::new(plan, layout.k);
 
         let cpu_before = server_cpu()?;
         let gen_before = crate::sys::self_cpu_time();
@@ -395,7 +410,7 @@ impl ClientPool {
                     if due > now {
                         break;
                     }
-                    let s = (schedule.next % tracker.k as u64) as usize;
+                    let s = (schedule.next % tracker.layout.k as u64) as usize;
                     if !tracker.can_send(s) {
                         break; // server behind: wait for deliveries
                     }
@@ -419,12 +434,12 @@ impl ClientPool {
         });
         tracker.on_send(s);
         let mask = self.rng.mask();
-        let conn = &mut self.conns[tracker.sender_client(s)];
+        let conn = &mut self.conns[tracker.layout.sender_client(s)];
         wire::encode_client_frame(&mut conn.out, wire::OPCODE_TEXT, &payload, mask);
     }
 
     fn flush_sender(&mut self, tracker: &Tracker, s: usize) -> Result<(), String> {
-        let c = tracker.sender_client(s);
+        let c = tracker.layout.sender_client(s);
         flush(&mut self.conns[c]).map_err(|e| format!("sender {s} (client {c}): write failed: {e}"))
     }
 
@@ -643,19 +658,78 @@ impl Schedule {
     }
 }
 
-/// Bookkeeping of sends and deliveries; detects loss, duplication and reordering.
-struct Tracker {
+/// Who sends to whom: without rooms one group of all N clients that hears
+/// all K senders; with R rooms, client c is in room c % R and sender s in
+/// room s % R, and each room's K/R senders are spread over its members.
+#[derive(Clone, Copy)]
+struct Layout {
     n: usize,
     k: usize,
+    /// Rooms, or 1 without rooms.
+    groups: usize,
+}
+
+impl Layout {
+    fn new(n: usize, k: usize, rooms: Option<usize>) -> Result<Layout, String> {
+        let groups = rooms.unwrap_or(1);
+        if groups == 0 || n % groups != 0 {
+            return Err(format!(
+                "{n} clients do not split into {groups} rooms of equal size"
+            ));
+        }
+        if k == 0 || k > n || k % groups != 0 {
+            return Err(format!(
+                "{k} senders do not split evenly over {groups} room(s) of {} clients",
+                n / groups
+            ));
+        }
+        Ok(Layout { n, k, groups })
+    }
+
+    /// Clients per room (N without rooms): the recipients of every message.
+    fn group_size(&self) -> usize {
+        self.n / self.groups
+    }
+
+    fn senders_per_group(&self) -> usize {
+        self.k / self.groups
+    }
+
+    fn client_group(&self, c: usize) -> usize {
+        c % self.groups
+    }
+
+    fn sender_group(&self, s: usize) -> usize {
+        s % self.groups
+    }
+
+    /// Sender `s`'s index among the senders of its room.
+    fn sender_slot(&self, s: usize) -> usize {
+        s / self.groups
+    }
+
+    /// The client that sends as sender `s`: senders are spread evenly over
+    /// their room's members (without rooms: client s*N/K).
+    fn sender_client(&self, s: usize) -> usize {
+        let member = self.sender_slot(s) * self.group_size() / self.senders_per_group();
+        self.sender_group(s) + member * self.groups
+    }
+}
+
+/// Bookkeeping of sends and deliveries; detects loss, duplication, reordering
+/// and messages delivered outside their room.
+struct Tracker {
+    layout: Layout,
     m: u32,
     window: u32,
-    /// `expected[r * k + s]`: next sequence number client r must get from sender s.
+    /// `expected[r * senders_per_group + slot]`: next sequence number client r
+    /// must get from the sender in slot `slot` of its room.
     expected: Vec<u32>,
     /// `remaining[s * window + seq % window]`: clients yet to receive (s, seq).
     remaining: Vec<u32>,
     /// Messages sent by each sender.
     sent: Vec<u32>,
-    /// Messages of each sender delivered to all N clients (they complete in order).
+    /// Messages of each sender delivered to all its recipients (they complete in order).
     complete: Vec<u32>,
     /// Senders whose window opened; `sender_queued` avoids listing one twice.
     ready_senders: Vec<usize>,
@@ -666,28 +740,23 @@ struct Tracker {
 }
 
 impl Tracker {
-    fn new(n: usize, k: usize, m: u32, window: u32) -> Self {
+    fn new(layout: Layout, m: u32, window: u32) -> Self {
+        let k = layout.k;
         Tracker {
-            n,
-            k,
+            layout,
             m,
             window,
-            expected: vec![0; n * k],
+            expected: vec![0; layout.n * layout.senders_per_group()],
             remaining: vec![0; k * window as usize],
             sent: vec![0; k],
             complete: vec![0; k],
             ready_senders: (0..k).collect(),
             sender_queued: vec![true; k],
             received: 0,
-            total: n as u64 * k as u64 * u64::from(m),
+            total: layout.group_size() as u64 * k as u64 * u64::from(m),
             latency_ns: Histogram::new_with_bounds(1, 600_000_000_000, 3)
                 .expect("valid histogram bounds"),
         }
-    }
-
-    /// Senders are spread evenly over the clients.
-    fn sender_client(&self, s: usize) -> usize {
-        s * self.n / self.k
     }
 
     fn done(&self) -> bool {
@@ -700,15 +769,18 @@ impl Tracker {
 
     fn on_send(&mut self, s: usize) {
         let slot = s * self.window as usize + (self.sent[s] % self.window) as usize;
-        self.remaining[slot] = self.n as u32;
+        self.remaining[slot] = self.layout.group_size() as u32;
         self.sent[s] += 1;
     }
 
+    /// Client r's expected-sequence counters, one per sender of its room.
+    fn expected_of(&self, r: usize) -> &[u32] {
+        let per = self.layout.senders_per_group();
+        &self.expected[r * per..(r + 1) * per]
+    }
+
     fn received_by(&self, r: usize) -> u64 {
-        self.expected[r * self.k..(r + 1) * self.k]
-            .iter()
-            .map(|&e| u64::from(e))
-            .sum()
+        self.expected_of(r).iter().map(|&e| u64::from(e)).sum()
     }
 
     /// Checks and records one text message received by client `r`.
@@ -725,13 +797,21 @@ impl Tracker {
             )
         })?;
         let s = sender as usize;
-        if s >= self.k || seq >= self.sent[s] {
+        if s >= self.layout.k || seq >= self.sent[s] {
             return Err(format!(
                 "received message (sender {sender}, seq {seq}) that was never sent \
                  (duplicate or corrupted delivery)"
             ));
         }
-        let expected = &mut self.expected[r * self.k + s];
+        let (room, sender_room) = (self.layout.client_group(r), self.layout.sender_group(s));
+        if room != sender_room {
+            return Err(format!(
+                "received message (sender {sender}, seq {seq}) of room r{sender_room}, \
+                 but this client is in room r{room}"
+            ));
+        }
+        let index = r * self.layout.senders_per_group() + self.layout.sender_slot(s);
+        let expected = &mut self.expected[index];
         if seq != *expected {
             return Err(if seq < *expected {
                 format!(
@@ -757,7 +837,7 @@ impl Tracker {
         let slot = s * self.window as usize + (seq % self.window) as usize;
         self.remaining[slot] -= 1;
         if self.remaining[slot] == 0 {
-            // Every client got (s, seq); per-sender order means all earlier ones too.
+            // Every recipient got (s, seq); per-sender order means all earlier ones too.
             debug_assert_eq!(seq, self.complete[s]);
             self.complete[s] += 1;
             if !self.sender_queued[s] {
@@ -770,13 +850,14 @@ impl Tracker {
 
     /// Error text for a run that hit its deadline.
     fn missing_report(&self, timeout: Duration) -> String {
+        let layout = &self.layout;
         let mut incomplete = 0;
         let mut examples = Vec::new();
-        for r in 0..self.n {
-            for s in 0..self.k {
-                let got = self.expected[r * self.k + s];
+        for r in 0..layout.n {
+            for (slot, &got) in self.expected_of(r).iter().enumerate() {
                 if got < self.m {
                     incomplete += 1;
+                    let s = layout.client_group(r) + slot * layout.groups;
                     if examples.len() < 5 {
                         examples.push(format!(
                             "client {r} got {got}/{} from sender {s} (sender sent {})",

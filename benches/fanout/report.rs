@@ -1,5 +1,9 @@
-//! Results: per-run measurements, medians over repeats, the Markdown table,
+//! Results: per-run measurements, medians over repeats, the Markdown tables,
 //! the target checks and the SVG chart.
+//!
+//! Every server's figures are shown beside the floor's and tokio's, with
+//! the ratios to both: the floor says how much of a figure is overhead above
+//! the unavoidable work, tokio how it compares with the typical Rust server.
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -9,9 +13,10 @@ use crate::server::ServerKind;
 /// How the senders of a cell are paced.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Mode {
-    /// As fast as possible; each sender has at most `window` messages that
-    /// have not yet reached all N clients.
-    Fast { window: u32 },
+    /// As fast as possible, with at most `window` messages in flight over
+    /// all senders: each has at most `per_sender` messages that have not yet
+    /// reached all their recipients.
+    Fast { window: u32, per_sender: u32 },
     /// Fixed offered rate, messages per second over all senders.
     Rate { per_sec: f64 },
 }
@@ -19,7 +24,9 @@ pub enum Mode {
 impl Mode {
     pub fn label(&self) -> String {
         match *self {
-            Mode::Fast { window } => format!("fast (window {window}/sender)"),
+            Mode::Fast { window, per_sender } => {
+                format!("fast, window {window} ({per_sender}/sender)")
+            }
             Mode::Rate { per_sec } => format!("fixed rate {per_sec} msg/s"),
         }
     }
@@ -27,14 +34,24 @@ impl Mode {
     pub fn is_fast(&self) -> bool {
         matches!(self, Mode::Fast { .. })
     }
+
+    fn window(&self) -> Option<u32> {
+        match *self {
+            Mode::Fast { window, .. } => Some(window),
+            Mode::Rate { .. } => None,
+        }
+    }
 }
 
-/// One benchmark configuration, run against both servers.
+/// One benchmark configuration, run against every server.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Cell {
     /// Connected clients.
     pub n: usize,
-    /// Senders among them.
+    /// Rooms the clients are split into (evenly); None: no rooms, every
+    /// message goes to all N clients.
+    pub rooms: Option<usize>,
+    /// Senders among them (spread evenly over the rooms).
     pub k: usize,
     /// Messages per sender.
     pub m: u32,
@@ -42,13 +59,21 @@ pub struct Cell {
 }
 
 impl Cell {
+    /// Recipients of every message: the sender's room, or all N clients.
+    pub fn audience(&self) -> usize {
+        self.n / self.rooms.unwrap_or(1).max(1)
+    }
+
     pub fn deliveries(&self) -> u64 {
-        self.n as u64 * self.k as u64 * u64::from(self.m)
+        self.audience() as u64 * self.k as u64 * u64::from(self.m)
     }
 
     pub fn describe(&self) -> String {
+        let rooms = self.rooms.map_or(String::new(), |r| {
+            format!(" ({r} rooms of {})", self.audience())
+        });
         format!(
-            "N={} K={} M={} {}",
+            "N={}{rooms} K={} M={} {}",
             self.n,
             self.k,
             self.m,
@@ -111,7 +136,7 @@ impl RunResult {
     /// One line for the progress log.
     pub fn summary_line(&self) -> String {
         format!(
-            "{:<8} {}: {}/s, server {:.3} µs CPU/delivery, latency p50 {} p99 {} max {}, \
+            "{:<12} {}: {}/s, server {:.3} µs CPU/delivery, latency p50 {} p99 {} max {}, \
              server CPU {:.0}%, loadgen CPU {:.0}% busy {:.0}%, RSS/conn {}, connect {} \
              (loadgen busy {:.0}%, {} listen-queue overflows), other processes {} CPU{}",
             self.server.name(),
@@ -199,89 +224,270 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-/// A row of the table: one cell, both servers.
+/// A row of the tables: one cell, the medians of every server that ran it.
 pub struct Row {
     pub cell: Cell,
-    pub wshub: Option<Summary>,
-    pub baseline: Option<Summary>,
+    pub summaries: Vec<(ServerKind, Summary)>,
+}
+
+impl Row {
+    pub fn get(&self, kind: ServerKind) -> Option<Summary> {
+        self.summaries
+            .iter()
+            .find(|(k, _)| *k == kind)
+            .map(|(_, s)| *s)
+    }
+
+    /// `kind`'s figure divided by `base`'s.
+    fn ratio(&self, kind: ServerKind, base: ServerKind, f: fn(&Summary) -> f64) -> Option<f64> {
+        let (v, b) = (f(&self.get(kind)?), f(&self.get(base)?));
+        (b > 0.0).then(|| v / b)
+    }
 }
 
 pub fn rows(cells: &[Cell], results: &[RunResult]) -> Vec<Row> {
-    let summary = |cell: &Cell, kind: ServerKind| {
-        let runs: Vec<&RunResult> = results
-            .iter()
-            .filter(|r| r.server == kind && r.cell == *cell)
-            .collect();
-        Summary::of(&runs)
-    };
     cells
         .iter()
         .map(|cell| Row {
             cell: *cell,
-            wshub: summary(cell, ServerKind::Wshub),
-            baseline: summary(cell, ServerKind::Baseline),
+            summaries: ServerKind::ALL
+                .into_iter()
+                .filter_map(|kind| {
+                    let runs: Vec<&RunResult> = results
+                        .iter()
+                        .filter(|r| r.server == kind && r.cell == *cell)
+                        .collect();
+                    Some((kind, Summary::of(&runs)?))
+                })
+                .collect(),
         })
         .collect()
 }
 
-/// The results table in Markdown.
-pub fn markdown_table(rows: &[Row]) -> String {
+/// A figure of the tables: how to read it from a summary and print it.
+#[derive(Clone, Copy)]
+struct Figure {
+    title: &'static str,
+    value: fn(&Summary) -> f64,
+    fmt: fn(f64) -> String,
+}
+
+const CPU: Figure = Figure {
+    title: "server CPU µs/delivery",
+    value: |s| s.cpu_us_per_delivery,
+    fmt: |v| format!("{v:.3}"),
+};
+const RATE: Figure = Figure {
+    title: "deliveries/s",
+    value: |s| s.deliveries_per_sec,
+    fmt: si,
+};
+const RSS: Figure = Figure {
+    title: "idle RSS/conn",
+    value: |s| s.rss_per_conn,
+    fmt: bytes,
+};
+const CONNECT: Figure = Figure {
+    title: "connect N",
+    value: |s| s.connect_secs,
+    fmt: millis,
+};
+
+fn latencies(s: &Summary) -> String {
+    format!(
+        "{} / {} / {}",
+        latency(s.p50_ns),
+        latency(s.p99_ns),
+        latency(s.max_ns)
+    )
+}
+
+fn load(s: &Summary) -> String {
+    format!(
+        "{:.0}% / {:.0}%",
+        s.server_cpu_share * 100.0,
+        s.loadgen_busy_share * 100.0
+    )
+}
+
+/// The servers that have a summary in any of `rows`, in column order.
+fn servers_in(rows: &[&Row]) -> Vec<ServerKind> {
+    ServerKind::ALL
+        .into_iter()
+        .filter(|&kind| rows.iter().any(|r| r.get(kind).is_some()))
+        .collect()
+}
+
+/// The ratios a server's figure is shown with: to the floor and to tokio
+/// (neither for those two themselves, and only when they ran).
+fn ratio_bases(kind: ServerKind, servers: &[ServerKind]) -> Vec<ServerKind> {
+    [ServerKind::Floor, ServerKind::Baseline]
+        .into_iter()
+        .filter(|&base| {
+            servers.contains(&base)
+                && kind != ServerKind::Floor
+                && (kind != ServerKind::Baseline || base == ServerKind::Floor)
+        })
+        .collect()
+}
+
+/// The header rows of a Markdown table: numbers right-aligned, the columns
+/// `is_text` picks by header (mode, latencies, shares) left-aligned.
+fn table_header(t: &mut String, headers: &[String], is_text: &dyn Fn(&str) -> bool) {
+    let _ = writeln!(t, "| {} |", headers.join(" | "));
+    let aligns: Vec<&str> = headers
+        .iter()
+        .map(|h| if is_text(h) { "---" } else { "---:" })
+        .collect();
+    let _ = writeln!(t, "|{}|", aligns.join("|"));
+}
+
+/// A table of one figure: a row per cell, a column per server, each server
+/// followed by its ratios to the floor and to tokio.
+fn figure_table(
+    rows: &[&Row],
+    lead: &[&str],
+    lead_of: fn(&Row) -> Vec<String>,
+    fig: Figure,
+) -> String {
+    let servers = servers_in(rows);
+    let mut headers: Vec<String> = lead.iter().map(|h| h.to_string()).collect();
+    for &kind in &servers {
+        headers.push(kind.name().to_string());
+        for base in ratio_bases(kind, &servers) {
+            headers.push(format!("{kind} / {base}"));
+        }
+    }
     let mut t = String::new();
-    t.push_str(
-        "| N | K | M | mode | deliveries/s wshub | baseline | ratio \
-         | server CPU µs/delivery wshub | baseline | ratio \
-         | latency p50 / p99 / max wshub | baseline \
-         | idle RSS/conn wshub | baseline | ratio \
-         | connect N wshub | baseline \
-         | server CPU / loadgen busy wshub | baseline |\n",
-    );
-    t.push_str("|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---|---|---:|---:|---:|---:|---:|---|---|\n");
+    table_header(&mut t, &headers, &|h| h == "mode");
     for row in rows {
-        let (w, b) = (row.wshub.as_ref(), row.baseline.as_ref());
-        let cell =
-            |s: Option<&Summary>, f: &dyn Fn(&Summary) -> String| s.map_or("n/a".to_string(), f);
-        let ratio = |f: &dyn Fn(&Summary) -> f64| match (w, b) {
-            (Some(w), Some(b)) if f(b) > 0.0 => ratio_text(f(w) / f(b)),
-            _ => "n/a".to_string(),
-        };
-        let lat = |s: &Summary| {
-            format!(
-                "{} / {} / {}",
-                latency(s.p50_ns),
-                latency(s.p99_ns),
-                latency(s.max_ns)
-            )
-        };
-        let share = |s: &Summary| {
-            format!(
-                "{:.0}% / {:.0}%",
-                s.server_cpu_share * 100.0,
-                s.loadgen_busy_share * 100.0
-            )
-        };
+        let mut cells = lead_of(row);
+        for &kind in &servers {
+            cells.push(
+                row.get(kind)
+                    .map_or("n/a".into(), |s| (fig.fmt)((fig.value)(&s))),
+            );
+            for base in ratio_bases(kind, &servers) {
+                cells.push(
+                    row.ratio(kind, base, fig.value)
+                        .map_or("n/a".into(), ratio_text),
+                );
+            }
+        }
+        let _ = writeln!(t, "| {} |", cells.join(" | "));
+    }
+    t
+}
+
+fn cell_lead(row: &Row) -> Vec<String> {
+    vec![
+        row.cell.n.to_string(),
+        row.cell.k.to_string(),
+        row.cell.m.to_string(),
+        row.cell.mode.label(),
+    ]
+}
+
+const CELL_LEAD: [&str; 4] = ["N", "K", "M", "mode"];
+
+/// Latency and load of every server, a row per cell.
+fn detail_table(rows: &[&Row]) -> String {
+    let servers = servers_in(rows);
+    let mut headers: Vec<String> = CELL_LEAD.iter().map(|h| h.to_string()).collect();
+    for title in ["latency p50 / p99 / max", "server CPU / loadgen busy"] {
+        for (i, kind) in servers.iter().enumerate() {
+            headers.push(if i == 0 {
+                format!("{title}: {kind}")
+            } else {
+                kind.to_string()
+            });
+        }
+    }
+    let mut t = String::new();
+    table_header(&mut t, &headers, &|h| !["N", "K", "M"].contains(&h));
+    for row in rows {
+        let mut cells = cell_lead(row);
+        for f in [latencies as fn(&Summary) -> String, load] {
+            for &kind in &servers {
+                cells.push(row.get(kind).map_or("n/a".into(), |s| f(&s)));
+            }
+        }
+        let _ = writeln!(t, "| {} |", cells.join(" | "));
+    }
+    t
+}
+
+/// The rooms workload: a row per server, a column per figure.
+fn rooms_table(row: &Row) -> String {
+    let servers: Vec<ServerKind> = row.summaries.iter().map(|(k, _)| *k).collect();
+    let bases = [ServerKind::Floor, ServerKind::Baseline];
+    let mut headers = vec!["server".to_string()];
+    for fig in [RATE, CPU, RSS] {
+        headers.push(fig.title.to_string());
+        headers.extend(bases.iter().map(|b| format!("/ {b}")));
+    }
+    headers.extend([
+        "latency p50 / p99 / max".to_string(),
+        "server CPU / loadgen busy".to_string(),
+        CONNECT.title.to_string(),
+    ]);
+    let mut t = String::new();
+    table_header(&mut t, &headers, &|h| {
+        h == "server" || h.starts_with("latency") || h.starts_with("server CPU /")
+    });
+    for (kind, s) in &row.summaries {
+        let mut cells = vec![kind.to_string()];
+        for fig in [RATE, CPU, RSS] {
+            cells.push((fig.fmt)((fig.value)(s)));
+            for &base in &bases {
+                let ratio = (servers.contains(&base) && *kind != base)
+                    .then(|| row.ratio(*kind, base, fig.value))
+                    .flatten();
+                cells.push(ratio.map_or("–".into(), ratio_text));
+            }
+        }
+        cells.extend([latencies(s), load(s), (CONNECT.fmt)(s.connect_secs)]);
+        let _ = writeln!(t, "| {} |", cells.join(" | "));
+    }
+    if let Some(r) = row.ratio(ServerKind::WshubFilter, ServerKind::Wshub, CPU.value) {
         let _ = writeln!(
             t,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
-            row.cell.n,
-            row.cell.k,
-            row.cell.m,
-            row.cell.mode.label(),
-            cell(w, &|s| si(s.deliveries_per_sec)),
-            cell(b, &|s| si(s.deliveries_per_sec)),
-            ratio(&|s| s.deliveries_per_sec),
-            cell(w, &|s| format!("{:.3}", s.cpu_us_per_delivery)),
-            cell(b, &|s| format!("{:.3}", s.cpu_us_per_delivery)),
-            ratio(&|s| s.cpu_us_per_delivery),
-            cell(w, &lat),
-            cell(b, &lat),
-            cell(w, &|s| bytes(s.rss_per_conn)),
-            cell(b, &|s| bytes(s.rss_per_conn)),
-            ratio(&|s| s.rss_per_conn),
-            cell(w, &|s| millis(s.connect_secs)),
-            cell(b, &|s| millis(s.connect_secs)),
-            cell(w, &share),
-            cell(b, &share),
+            "\nServer CPU per delivery, wshub-filter / wshub: {} (how many times cheaper \
+             topics are than the `broadcast_to` walk).",
+            ratio_text(r)
         );
+    }
+    t
+}
+
+/// All result tables in Markdown: the fan-out cells by figure, idle memory
+/// and connect time per N, then the rooms workload.
+pub fn markdown_tables(rows: &[Row]) -> String {
+    let fanout: Vec<&Row> = rows.iter().filter(|r| r.cell.rooms.is_none()).collect();
+    let mut t = String::new();
+    if !fanout.is_empty() {
+        t.push_str("### Fan-out: server CPU µs per delivery (lower is better)\n\n");
+        t.push_str(&figure_table(&fanout, &CELL_LEAD, cell_lead, CPU));
+        t.push_str("\n### Fan-out: deliveries per second (higher is better)\n\n");
+        t.push_str(&figure_table(&fanout, &CELL_LEAD, cell_lead, RATE));
+        t.push_str("\n### Fan-out: latency, and who was busy\n\n");
+        t.push_str(&detail_table(&fanout));
+        // Idle RSS and connect time are per session: one row per N.
+        let mut per_n: Vec<&Row> = Vec::new();
+        for row in &fanout {
+            if !per_n.iter().any(|r| r.cell.n == row.cell.n) {
+                per_n.push(row);
+            }
+        }
+        let n_lead: fn(&Row) -> Vec<String> = |r| vec![r.cell.n.to_string()];
+        t.push_str("\n### Fan-out: idle server memory per connection\n\n");
+        t.push_str(&figure_table(&per_n, &["N"], n_lead, RSS));
+        t.push_str("\n### Fan-out: time to connect N clients\n\n");
+        t.push_str(&figure_table(&per_n, &["N"], n_lead, CONNECT));
+    }
+    for row in rows.iter().filter(|r| r.cell.rooms.is_some()) {
+        let _ = writeln!(t, "\n### Rooms: {}\n", row.cell.describe());
+        t.push_str(&rooms_table(row));
     }
     t
 }
@@ -293,69 +499,92 @@ pub struct TargetCheck {
     pub evidence: String,
 }
 
-/// Checks the project's performance targets against the table.
+/// Checks the project's performance targets against the tables.
 pub fn check_targets(rows: &[Row]) -> Vec<TargetCheck> {
-    let both = |r: &Row| -> Option<(Summary, Summary)> { Some((r.wshub?, r.baseline?)) };
+    use ServerKind::{Baseline, Floor, Wshub, WshubFilter};
     let mut checks = Vec::new();
 
-    // 1. CPU per delivery at N = 1000 and 10000 <= 0.2x baseline.
+    // 1. CPU per delivery in the fan-out cells at N = 1000 and 10000 <= 1.0x floor.
     let cpu_rows: Vec<&Row> = rows
         .iter()
-        .filter(|r| r.cell.mode.is_fast() && (r.cell.n == 1000 || r.cell.n == 10_000))
+        .filter(|r| r.cell.rooms.is_none() && r.cell.mode.is_fast())
+        .filter(|r| r.cell.n == 1000 || r.cell.n == 10_000)
         .collect();
     let mut evidence = Vec::new();
-    let mut holds = Some(!cpu_rows.is_empty());
+    let mut holds = (!cpu_rows.is_empty()).then_some(true);
     for r in &cpu_rows {
-        match both(r) {
-            Some((w, b)) => {
-                let ratio = w.cpu_us_per_delivery / b.cpu_us_per_delivery;
-                evidence.push(format!("N={} K={}: {ratio:.2}x", r.cell.n, r.cell.k));
-                holds = holds.map(|h| h && ratio <= 0.2);
+        let window = r.cell.mode.window().unwrap_or(0);
+        match r.ratio(Wshub, Floor, CPU.value) {
+            Some(ratio) => {
+                evidence.push(format!(
+                    "N={} K={} W={window}: {}×",
+                    r.cell.n,
+                    r.cell.k,
+                    ratio_text(ratio)
+                ));
+                holds = holds.map(|h| h && ratio <= 1.0);
             }
             None => holds = None,
         }
     }
     checks.push(TargetCheck {
-        text: "server CPU per delivery at N=1000 and N=10000 ≤ 0.2× baseline".into(),
+        text: "server CPU per 64-byte delivery ≤ 1.0× floor at N=1,000 and 10,000, K=1 and 10, \
+               window 32 and 64"
+            .into(),
         holds,
         evidence: evidence.join(", "),
     });
 
-    // 2. Idle RSS per connection at N = 10000 <= 1 KiB.
+    // 2. Rooms: CPU per delivery <= 1.2x floor, and topics >= 3x cheaper than the filter walk.
+    let rooms = rows.iter().find(|r| r.cell.rooms.is_some());
+    let vs_floor = rooms.and_then(|r| r.ratio(Wshub, Floor, CPU.value));
+    checks.push(TargetCheck {
+        text: "rooms workload: server CPU per delivery ≤ 1.2× floor".into(),
+        holds: vs_floor.map(|r| r <= 1.2),
+        evidence: vs_floor.map_or("n/a".into(), |r| format!("{}×", ratio_text(r))),
+    });
+    let vs_filter = rooms.and_then(|r| r.ratio(WshubFilter, Wshub, CPU.value));
+    checks.push(TargetCheck {
+        text: "rooms workload: wshub topics ≥ 3× cheaper than wshub-filter (server CPU per \
+               delivery)"
+            .into(),
+        holds: vs_filter.map(|r| r >= 3.0),
+        evidence: vs_filter.map_or("n/a".into(), |r| {
+            format!("wshub-filter / wshub = {}", ratio_text(r))
+        }),
+    });
+
+    // 3. Idle RSS per connection at N = 10000 <= 400 B.
     let rss = rows
         .iter()
-        .find(|r| r.cell.n == 10_000)
-        .and_then(|r| r.wshub);
+        .find(|r| r.cell.n == 10_000 && r.cell.rooms.is_none())
+        .and_then(|r| r.get(Wshub));
     checks.push(TargetCheck {
-        text: "idle server RSS ≤ 1 KiB per connection at N=10000".into(),
-        holds: rss.map(|s| s.rss_per_conn <= 1024.0),
+        text: "idle server RSS ≤ 400 B per connection at N=10,000".into(),
+        holds: rss.map(|s| s.rss_per_conn <= 400.0),
         evidence: rss.map_or("n/a".into(), |s| {
             format!("{} per connection", bytes(s.rss_per_conn))
         }),
     });
 
-    // 3. p99 latency in the fixed-rate run at N = 10000 no worse than baseline.
+    // 4. p99 latency in the fixed-rate run at N = 10000 no worse than tokio.
     let rate = rows
         .iter()
         .find(|r| r.cell.n == 10_000 && !r.cell.mode.is_fast())
-        .and_then(both);
+        .and_then(|r| Some((r.get(Wshub)?, r.get(Baseline)?)));
     checks.push(TargetCheck {
-        text: "p99 latency in the fixed-rate run at N=10000 no worse than baseline".into(),
+        text: "p99 latency in the fixed-rate run at N=10,000 no worse than tokio".into(),
         holds: rate.map(|(w, b)| w.p99_ns <= b.p99_ns),
         evidence: rate.map_or("n/a".into(), |(w, b)| {
-            format!(
-                "wshub {} vs baseline {}",
-                latency(w.p99_ns),
-                latency(b.p99_ns)
-            )
+            format!("wshub {} vs tokio {}", latency(w.p99_ns), latency(b.p99_ns))
         }),
     });
 
-    // 4. 10,000 connections established in < 1 s.
+    // 5. 10,000 connections established in < 1 s.
     let connect = rows
         .iter()
-        .find(|r| r.cell.n == 10_000)
-        .and_then(|r| r.wshub);
+        .find(|r| r.cell.n == 10_000 && r.cell.rooms.is_none())
+        .and_then(|r| r.get(Wshub));
     checks.push(TargetCheck {
         text: "10,000 connections established in < 1 s (wshub)".into(),
         holds: connect.map(|s| s.connect_secs < 1.0),
@@ -377,44 +606,45 @@ pub fn targets_markdown(checks: &[TargetCheck]) -> String {
     t
 }
 
-/// A two-panel SVG: deliveries/s vs N and server CPU µs/delivery vs N
-/// (fast mode only), wshub vs baseline, one line per (server, K).
+/// A two-panel SVG: deliveries/s vs N and server CPU µs/delivery vs N, for
+/// the fast fan-out cells at the largest window; one line per (server, K).
 pub fn svg_chart(rows: &[Row]) -> String {
     const W: f64 = 960.0;
-    const H: f64 = 420.0;
+    const H: f64 = 450.0;
+    let fast: Vec<&Row> = rows
+        .iter()
+        .filter(|r| r.cell.rooms.is_none() && r.cell.mode.is_fast())
+        .collect();
+    let window = fast.iter().filter_map(|r| r.cell.mode.window()).max();
+    let fast: Vec<&Row> = fast
+        .into_iter()
+        .filter(|r| r.cell.mode.window() == window)
+        .collect();
     let mut svg = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{H}\" \
          viewBox=\"0 0 {W} {H}\" font-family=\"sans-serif\" font-size=\"12\">\n\
          <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n"
     );
-    let fast: Vec<&Row> = rows.iter().filter(|r| r.cell.mode.is_fast()).collect();
     let mut ks: Vec<usize> = fast.iter().map(|r| r.cell.k).collect();
     ks.sort_unstable();
     ks.dedup();
     let series = |metric: fn(&Summary) -> f64| -> Vec<Series> {
         let mut out = Vec::new();
-        for kind in [ServerKind::Wshub, ServerKind::Baseline] {
+        for (kind, color) in [
+            (ServerKind::Floor, "#2ca02c"),
+            (ServerKind::Wshub, "#1f77b4"),
+            (ServerKind::Baseline, "#ff7f0e"),
+        ] {
             for (ki, &k) in ks.iter().enumerate() {
                 let points: Vec<(f64, f64)> = fast
                     .iter()
                     .filter(|r| r.cell.k == k)
-                    .filter_map(|r| {
-                        let s = if kind == ServerKind::Wshub {
-                            r.wshub
-                        } else {
-                            r.baseline
-                        };
-                        s.map(|s| (r.cell.n as f64, metric(&s)))
-                    })
+                    .filter_map(|r| Some((r.cell.n as f64, metric(&r.get(kind)?))))
                     .collect();
                 if !points.is_empty() {
                     out.push(Series {
                         label: format!("{kind} K={k}"),
-                        color: if kind == ServerKind::Wshub {
-                            "#1f77b4"
-                        } else {
-                            "#ff7f0e"
-                        },
+                        color,
                         dashed: ki > 0,
                         points,
                     });
@@ -423,10 +653,15 @@ pub fn svg_chart(rows: &[Row]) -> String {
         }
         out
     };
+    let x_label = format!(
+        "connected clients N (log scale){}",
+        window.map_or(String::new(), |w| format!("; window {w}"))
+    );
     panel(
         &mut svg,
         60.0,
         "deliveries per second (higher is better)",
+        &x_label,
         &series(|s| s.deliveries_per_sec),
         si,
     );
@@ -434,6 +669,7 @@ pub fn svg_chart(rows: &[Row]) -> String {
         &mut svg,
         540.0,
         "server CPU µs per delivery (lower is better)",
+        &x_label,
         &series(|s| s.cpu_us_per_delivery),
         |v| format!("{v:.2}"),
     );
@@ -450,8 +686,25 @@ struct Series {
 
 /// Draws one chart panel at horizontal offset `x0`: log-scale N on x,
 /// linear y from 0.
-fn panel(svg: &mut String, x0: f64, title: &str, series: &[Series], fmt_y: fn(f64) -> String) {
+fn panel(
+    svg: &mut String,
+    x0: f64,
+    title: &str,
+    x_label: &str,
+    series: &[Series],
+    fmt_y: fn(f64) -> String,
+) {
     let (pw, ph, y0) = (380.0, 280.0, 50.0);
+    if series.is_empty() {
+        // E.g. a run of the rooms workload only: no axes to scale.
+        let _ = writeln!(
+            svg,
+            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{title}: no fan-out cells in this run</text>",
+            x0 + pw / 2.0,
+            y0 + ph / 2.0
+        );
+        return;
+    }
     let xs: Vec<f64> = series
         .iter()
         .flat_map(|s| s.points.iter().map(|p| p.0))
@@ -511,7 +764,7 @@ fn panel(svg: &mut String, x0: f64, title: &str, series: &[Series], fmt_y: fn(f6
     }
     let _ = writeln!(
         svg,
-        "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">connected clients N (log scale)</text>",
+        "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{x_label}</text>",
         x0 + pw / 2.0,
         y0 + ph + 34.0
     );

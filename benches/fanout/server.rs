@@ -12,21 +12,57 @@ use crate::sys;
 /// How long a freshly started server may take to accept connections.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The two servers compared by the benchmark.
+/// The servers compared by the benchmark.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ServerKind {
-    /// `target/release/examples/broadcast` from this crate.
+    /// The hand-written mio server that does only the unavoidable work,
+    /// run from this bench binary (see floor.rs).
+    Floor,
+    /// `target/release/examples/broadcast` from this crate (rooms by topics).
     Wshub,
+    /// The same example with `--filter`: rooms by a `broadcast_to(filter)`
+    /// walk over all connections. Only in the rooms workload; without rooms
+    /// it would be the same server as `Wshub`.
+    WshubFilter,
     /// tokio + tokio-tungstenite, run from this bench binary (see baseline.rs).
     Baseline,
 }
 
 impl ServerKind {
+    /// Every server, in the order of the report's columns.
+    pub const ALL: [ServerKind; 4] = [
+        ServerKind::Floor,
+        ServerKind::Wshub,
+        ServerKind::WshubFilter,
+        ServerKind::Baseline,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
+            ServerKind::Floor => "floor",
             ServerKind::Wshub => "wshub",
-            ServerKind::Baseline => "baseline",
+            ServerKind::WshubFilter => "wshub-filter",
+            ServerKind::Baseline => "tokio",
         }
+    }
+
+    /// Parses a name as printed by [`ServerKind::name`] (`baseline` is
+    /// accepted for `tokio`, its name in earlier reports).
+    pub fn from_name(name: &str) -> Option<ServerKind> {
+        match name {
+            "baseline" | "tokio-tungstenite" => Some(ServerKind::Baseline),
+            _ => ServerKind::ALL.into_iter().find(|k| k.name() == name),
+        }
+    }
+
+    /// Whether the server runs the broadcast example of this crate.
+    pub fn is_wshub(self) -> bool {
+        matches!(self, ServerKind::Wshub | ServerKind::WshubFilter)
+    }
+
+    /// Whether this server takes part in cells with (`true`) or without rooms.
+    pub fn runs(self, rooms: bool) -> bool {
+        rooms || self != ServerKind::WshubFilter
     }
 }
 
@@ -40,7 +76,8 @@ impl fmt::Display for ServerKind {
 pub struct Launcher {
     /// The wshub broadcast example, if it is part of this run.
     pub wshub_exe: Option<PathBuf>,
-    /// This bench binary; re-executed with `--baseline-server ADDR`.
+    /// This bench binary; re-executed with `--baseline-server ADDR` or
+    /// `--floor-server ADDR`.
     pub bench_exe: PathBuf,
     /// Prefix such as `taskset -c 0`, if pinning is possible.
     pub pin_prefix: Option<Vec<String>>,
@@ -48,24 +85,35 @@ pub struct Launcher {
     pub log_dir: PathBuf,
 }
 
-/// Builds `target/release/examples/broadcast` (a no-op when it is up to date)
+/// Builds the release `broadcast` example (a no-op when it is up to date)
 /// and returns its path.
 pub fn build_wshub_example(manifest_dir: &Path) -> Result<PathBuf, String> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
     eprintln!("building the wshub broadcast example: {cargo} build --release --example broadcast");
-    let status = Command::new(&cargo)
+    // The JSON messages on stdout name the executable, wherever the target
+    // directory is (CARGO_TARGET_DIR; and under `cargo test` this binary is
+    // a debug build, so its own location does not tell the release directory).
+    let output = Command::new(&cargo)
         .args(["build", "--release", "--example", "broadcast"])
+        .arg("--message-format=json-render-diagnostics")
         .current_dir(manifest_dir)
         .stdin(Stdio::null())
-        .status()
+        .stderr(Stdio::inherit())
+        .output()
         .map_err(|e| format!("could not run `{cargo} build --release --example broadcast`: {e}"))?;
-    if !status.success() {
+    if !output.status.success() {
         return Err(format!(
-            "`{cargo} build --release --example broadcast` failed ({status}); \
-             pass --baseline-only to benchmark only the baseline server"
+            "`{cargo} build --release --example broadcast` failed ({}); \
+             pass --no-wshub to benchmark only the floor and tokio servers",
+            output.status
         ));
     }
-    let exe = release_dir(manifest_dir).join("examples").join("broadcast");
+    let exe = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|msg| msg["reason"] == "compiler-artifact" && msg["target"]["name"] == "broadcast")
+        .find_map(|msg| msg["executable"].as_str().map(PathBuf::from))
+        .unwrap_or_else(|| release_dir(manifest_dir).join("examples").join("broadcast"));
     if !exe.is_file() {
         return Err(format!(
             "built the broadcast example but {} does not exist",
@@ -75,8 +123,8 @@ pub fn build_wshub_example(manifest_dir: &Path) -> Result<PathBuf, String> {
     Ok(exe)
 }
 
-/// The `release` profile directory. The bench binary itself lives in
-/// `<target>/release/deps/`, which also honours CARGO_TARGET_DIR.
+/// The `release` profile directory, if cargo's messages did not name the
+/// example: under `cargo bench` this binary lives in `<target>/release/deps/`.
 fn release_dir(manifest_dir: &Path) -> PathBuf {
     std::env::current_exe()
         .ok()
@@ -113,13 +161,21 @@ impl ServerProcess {
         let addr = free_loopback_addr()?;
         let mut argv: Vec<String> = launcher.pin_prefix.clone().unwrap_or_default();
         match kind {
-            ServerKind::Wshub => {
+            ServerKind::Wshub | ServerKind::WshubFilter => {
                 let exe = launcher
                     .wshub_exe
                     .as_ref()
                     .ok_or("the wshub server is not part of this run")?;
                 argv.extend([exe.display().to_string(), addr.to_string()]);
+                if kind == ServerKind::WshubFilter {
+                    argv.push("--filter".to_string());
+                }
             }
+            ServerKind::Floor => argv.extend([
+                launcher.bench_exe.display().to_string(),
+                "--floor-server".to_string(),
+                addr.to_string(),
+            ]),
             ServerKind::Baseline => argv.extend([
                 launcher.bench_exe.display().to_string(),
                 "--baseline-server".to_string(),
