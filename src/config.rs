@@ -39,6 +39,8 @@ pub struct Config {
     pub(crate) max_connections: usize,
     pub(crate) backlog: u32,
     pub(crate) max_handshakes: usize,
+    pub(crate) max_handshakes_per_addr: usize,
+    pub(crate) max_connections_per_addr: usize,
     pub(crate) max_request_bytes: usize,
     pub(crate) max_body_bytes: usize,
     pub(crate) max_message_size: usize,
@@ -62,6 +64,8 @@ impl Default for Config {
             max_connections: 10_000,
             backlog: 1_024,
             max_handshakes: 1_024,
+            max_handshakes_per_addr: 128,
+            max_connections_per_addr: 4_096,
             max_request_bytes: 8 * 1024,
             max_body_bytes: 64 * 1024,
             max_message_size: 1024 * 1024,
@@ -105,11 +109,33 @@ impl Config {
         self
     }
 
-    /// Most TCP connections still sending their HTTP request at once. A connection accepted
-    /// beyond it gets `503` at once and is closed, so a flood of idle sockets cannot pin
-    /// memory. Default **1,024**.
+    /// Most TCP connections still sending their HTTP request at once. When all are taken,
+    /// a newcomer is still admitted: the oldest handshake (the oldest that has sent nothing,
+    /// if one is among the first few) is answered `408 Request Timeout` and closed instead,
+    /// so idle sockets cannot lock real clients out, and their memory stays bounded. A
+    /// newcomer's handshake deadline shrinks as the slots fill: the full
+    /// [`handshake_timeout`](Config::handshake_timeout) up to half of them, down to a tenth
+    /// of it when all are taken. Default **1,024**.
     pub fn max_handshakes(mut self, n: usize) -> Config {
         self.max_handshakes = n;
+        self
+    }
+
+    /// Most handshakes in progress from one source address. A connection beyond it is
+    /// answered `503` (after its request is read, so the client sees the answer) and closed.
+    /// High enough for a NAT'd office opening pages together (handshakes take milliseconds),
+    /// low enough that one address cannot take a large share of
+    /// [`max_handshakes`](Config::max_handshakes). Default **128**.
+    pub fn max_handshakes_per_addr(mut self, n: usize) -> Config {
+        self.max_handshakes_per_addr = n;
+        self
+    }
+
+    /// Most TCP connections from one source address, whatever their phase (handshaking,
+    /// open, closing). A connection beyond it is answered `503` at once and closed. Enough for
+    /// a NAT'd office of a thousand people with a few tabs each. Default **4,096**.
+    pub fn max_connections_per_addr(mut self, n: usize) -> Config {
+        self.max_connections_per_addr = n;
         self
     }
 

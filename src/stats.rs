@@ -13,14 +13,18 @@ pub struct Rejections {
     pub not_found: u64,
     /// 405: wrong method for a WebSocket upgrade.
     pub method_not_allowed: u64,
+    /// 408: a handshake given up to make room for a newcomer (see
+    /// [`Stats::handshake_evictions`]).
+    pub request_timeout: u64,
     /// 413: request body over [`Config::max_body_bytes`](crate::Config::max_body_bytes).
     pub content_too_large: u64,
     /// 426: unsupported `Sec-WebSocket-Version`.
     pub upgrade_required: u64,
     /// 431: request head over [`Config::max_request_bytes`](crate::Config::max_request_bytes).
     pub header_too_large: u64,
-    /// 503: over [`Config::max_connections`](crate::Config::max_connections) or
-    /// [`Config::max_handshakes`](crate::Config::max_handshakes).
+    /// 503: over [`Config::max_connections`](crate::Config::max_connections), or over a
+    /// per-address limit ([`Config::max_handshakes_per_addr`](crate::Config::max_handshakes_per_addr),
+    /// [`Config::max_connections_per_addr`](crate::Config::max_connections_per_addr)).
     pub unavailable: u64,
     /// Any other status of 400 or above.
     pub other: u64,
@@ -33,6 +37,7 @@ impl Rejections {
             403 => &mut self.forbidden,
             404 => &mut self.not_found,
             405 => &mut self.method_not_allowed,
+            408 => &mut self.request_timeout,
             413 => &mut self.content_too_large,
             426 => &mut self.upgrade_required,
             431 => &mut self.header_too_large,
@@ -48,6 +53,7 @@ impl Rejections {
             + self.forbidden
             + self.not_found
             + self.method_not_allowed
+            + self.request_timeout
             + self.content_too_large
             + self.upgrade_required
             + self.header_too_large
@@ -91,6 +97,9 @@ pub struct Stats {
     pub slow_consumer_closes: u64,
     /// Connections closed for sending no complete request within the handshake timeout.
     pub handshake_timeouts: u64,
+    /// Handshakes given up (answered `408`) to make room for a newcomer while every
+    /// handshake slot was taken ([`Config::max_handshakes`](crate::Config::max_handshakes)).
+    pub handshake_evictions: u64,
     /// Connections dropped for not answering a keepalive ping.
     pub pong_timeouts: u64,
     /// Close handshakes the peer did not finish in time.

@@ -1,5 +1,6 @@
 //! Limits (issue #4): message size (1009), connections (503 before the upgrade),
-//! handshakes in progress (503), request head size (431), and the origin check (403).
+//! handshakes in progress (the oldest idle one is evicted with 408; more in
+//! admission.rs), request head size (431), and the origin check (403).
 
 mod common;
 
@@ -134,30 +135,28 @@ fn an_upgrade_over_max_connections_gets_503_with_a_reason() {
 }
 
 #[test]
-fn a_connection_over_max_handshakes_gets_503_at_once() {
+fn a_connection_over_max_handshakes_takes_the_oldest_idle_ones_slot() {
     let server = start(Config::default().max_handshakes(2), Gate::default());
     // Two connections that have not sent their request yet.
-    let mut idle: Vec<_> = (0..2).map(|_| raw_connect(server.addr)).collect();
+    let mut oldest = raw_connect(server.addr);
+    let younger = raw_connect(server.addr);
     assert!(wait_until(Duration::from_secs(5), || {
         server.handle.stats().tcp_connections == 2
     }));
-    // A third gets 503 without sending anything.
-    let mut third = raw_connect(server.addr);
-    let response = read_to_close(&mut third);
-    assert_eq!(status_line(&response), "HTTP/1.1 503 Service Unavailable");
-    assert_eq!(body(&response), "too many handshakes");
-    // The waiting ones finish their handshakes normally.
-    let upgraded: Vec<RawWs> = idle.drain(..).map(|s| RawWs::upgrade(s, "/")).collect();
-    // And with no handshake in progress, newcomers get in again.
-    let mut late = connect(&server.url("/"));
-    late.send(tungstenite::Message::text("late")).unwrap();
-    assert_eq!(next_text(&mut late), "late");
+    // A third is admitted; the oldest idle one is told why it goes.
+    let mut third = connect(&server.url("/"));
+    let response = read_to_close(&mut oldest);
+    assert_eq!(status_line(&response), "HTTP/1.1 408 Request Timeout");
+    third.send(tungstenite::Message::text("in")).unwrap();
+    assert_eq!(next_text(&mut third), "in");
+    // The younger one finishes its handshake normally.
+    let upgraded = RawWs::upgrade(younger, "/");
     let stats = server.handle.stats();
-    assert_eq!(stats.rejected.unavailable, 1, "{stats:?}");
-    assert_eq!(stats.handshakes_accepted, 3, "{stats:?}");
-    assert_eq!(stats.http_responses, 1, "{stats:?}");
+    assert_eq!(stats.handshake_evictions, 1, "{stats:?}");
+    assert_eq!(stats.rejected.request_timeout, 1, "{stats:?}");
+    assert_eq!(stats.handshakes_accepted, 2, "{stats:?}");
     drop(upgraded);
-    close_client(late);
+    close_client(third);
     server.stop().1.unwrap();
 }
 

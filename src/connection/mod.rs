@@ -20,6 +20,8 @@ use mio::net::TcpStream;
 use tungstenite::protocol::WebSocketConfig;
 
 pub(crate) use outbox::{Flush, Kind, Outbox};
+
+use crate::server::AddrSlot;
 pub(crate) use session::{Fed, Session};
 
 /// Where a connection is in its life. See the module docs for the transitions.
@@ -50,7 +52,9 @@ pub(crate) enum Phase<D> {
 pub(crate) struct Handshake {
     pub(crate) buf: Vec<u8>,
     pub(crate) scan: crate::http::Scan,
-    pub(crate) since: u64,
+    /// When the request must be complete (ticks): set at accept, shorter when the
+    /// handshake slots are filling up.
+    pub(crate) deadline: u64,
 }
 
 /// Where a connection's send queue stands against the drain watermark.
@@ -69,6 +73,8 @@ pub(crate) enum Pressure {
 pub(crate) struct Connection<D> {
     pub(crate) sock: TcpStream,
     pub(crate) generation: u32,
+    /// The source address's entry in the admission table.
+    pub(crate) addr: AddrSlot,
     pub(crate) phase: Phase<D>,
     pub(crate) outbox: Outbox,
     /// Tick of the last byte read (keepalive measures silence from here).
@@ -88,14 +94,21 @@ pub(crate) struct Connection<D> {
 }
 
 impl<D> Connection<D> {
-    pub(crate) fn new(sock: TcpStream, generation: u32, now: u64) -> Connection<D> {
+    pub(crate) fn new(
+        sock: TcpStream,
+        generation: u32,
+        addr: AddrSlot,
+        now: u64,
+        deadline: u64,
+    ) -> Connection<D> {
         Connection {
             sock,
             generation,
+            addr,
             phase: Phase::Handshaking(Box::new(Handshake {
                 buf: Vec::new(),
                 scan: Default::default(),
-                since: now,
+                deadline,
             })),
             outbox: Outbox::default(),
             last_read: now,
@@ -128,6 +141,11 @@ impl<D> Connection<D> {
 
     pub(crate) fn is_handshaking(&self) -> bool {
         matches!(self.phase, Phase::Handshaking(_))
+    }
+
+    /// Still handshaking, and nothing of the request has arrived yet.
+    pub(crate) fn is_silent(&self) -> bool {
+        matches!(&self.phase, Phase::Handshaking(h) if h.buf.is_empty())
     }
 
     /// Handshaking → Open. Returns false (and changes nothing) in any other phase.

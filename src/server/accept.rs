@@ -1,15 +1,18 @@
-//! Accepting: new sockets into the table, with a backoff when the process runs out of
-//! descriptors (or other resources) and a `503` when too many handshakes are under way.
+//! Accepting: new sockets into the table under the admission rules (`admission.rs`), with a
+//! backoff when the process runs out of descriptors (or other resources).
 
 use std::io::{self, Write};
+use std::net::SocketAddr;
 
 use mio::net::TcpStream;
 use mio::{Interest, Token};
 
-use super::{Server, WAKER};
+use super::admission::{self, Refusal};
+use super::core::Core;
+use super::{Server, WAKER, abnormal};
 use crate::connection::Connection;
 use crate::timers::TimerKey;
-use crate::{ConnId, Handler};
+use crate::{ConnId, Handler, Response};
 
 /// Accept backoff after a resource error (EMFILE, ENFILE, ENOBUFS, ENOMEM): 10 ms doubling
 /// to 1 s.
@@ -41,13 +44,13 @@ impl<H: Handler> Server<H> {
                 return;
             };
             match listener.accept() {
-                Ok((sock, _)) => {
+                Ok((sock, peer)) => {
                     if self.accept.failing {
                         self.accept.failing = false;
                         log::info!("accepting connections again");
                     }
                     self.accept.backoff_ms = BACKOFF_MIN_MS;
-                    self.admit(sock);
+                    self.admit(sock, peer);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e)
@@ -73,23 +76,34 @@ impl<H: Handler> Server<H> {
         }
     }
 
-    fn admit(&mut self, mut sock: TcpStream) {
-        let shared = &mut self.core.shared;
+    /// Takes a new socket into the table, or turns it away with a `503` if its address has
+    /// too many; makes room by evicting the oldest handshake if every slot is taken.
+    fn admit(&mut self, mut sock: TcpStream, peer: SocketAddr) {
         let key = self.core.conns.vacant_key();
-        if shared.handshaking >= shared.config.max_handshakes
-            || key >= WAKER.0
-            || key > u32::MAX as usize
-        {
-            // Too many sockets still handshaking: answer at once rather than hold memory
-            // for it. Best effort: the socket is fresh, so this small write fits.
-            let _ = sock.write_all(
-                b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 19\r\n\
-                  Connection: close\r\n\r\ntoo many handshakes",
-            );
-            shared.stats.http_responses += 1;
-            shared.stats.rejected.count(503);
-            return;
+        let shared = &mut self.core.shared;
+        let slot = if key >= WAKER.0 || key > u32::MAX as usize {
+            Err(Refusal::Connections)
+        } else {
+            shared.admission.socket(peer.ip(), &shared.config)
+        };
+        let slot = match slot {
+            Ok(slot) => slot,
+            Err(refusal) => {
+                // No room even to linger: answer in one small write (it fits a fresh socket)
+                // and close.
+                let _ = sock.write_all(&whole(&Response::text(503, refusal.reason())));
+                shared.stats.http_responses += 1;
+                shared.stats.rejected.count(503);
+                return;
+            }
+        };
+        let refusal = shared.admission.may_handshake(slot, &shared.config).err();
+        if refusal.is_none() && shared.admission.handshaking() >= shared.config.max_handshakes {
+            self.evict_oldest_handshake();
         }
+        // (Eviction may have freed a slot of the table.)
+        let key = self.core.conns.vacant_key();
+        let shared = &mut self.core.shared;
         // Latency over packet count: frames are already corked into one write per turn.
         let _ = sock.set_nodelay(true);
         if let Err(e) = self
@@ -98,13 +112,69 @@ impl<H: Handler> Server<H> {
             .register(&mut sock, Token(key), Interest::READABLE)
         {
             log::warn!("could not register a new connection: {e}");
+            shared.admission.socket_gone(slot);
             return;
         }
         self.next_generation = self.next_generation.wrapping_add(1);
         let id = ConnId::new(key, self.next_generation);
-        let mut conn = Connection::new(sock, self.next_generation, shared.now);
-        shared.handshaking += 1;
+        if refusal.is_none() {
+            let conns = &self.core.conns;
+            shared.admission.start_handshake(id, slot, |id| {
+                conns
+                    .get(id.key())
+                    .is_some_and(|c| c.generation == id.generation() && c.is_handshaking())
+            });
+        }
+        let timeout = admission::deadline(&shared.config, shared.admission.handshaking());
+        let mut conn = Connection::new(
+            sock,
+            self.next_generation,
+            slot,
+            shared.now,
+            shared.after(timeout),
+        );
         shared.schedule(&mut conn, id);
         self.core.conns.insert(conn);
+        if let Some(refusal) = refusal {
+            // The connection lingers with its answer, reading (and dropping) whatever it
+            // sends, so the client reads the 503 rather than a reset.
+            self.refuse(id, refusal);
+        }
     }
+
+    /// Gives up the oldest handshake (the oldest silent one, if there is one near the front)
+    /// with a `408`: a real client has sent its request long before.
+    fn evict_oldest_handshake(&mut self) {
+        let Core { conns, shared, .. } = &mut self.core;
+        let state = |id: ConnId| {
+            conns
+                .get(id.key())
+                .filter(|c| c.generation == id.generation() && c.is_handshaking())
+                .map(|c| c.is_silent())
+        };
+        let Some(victim) = shared.admission.victim(state) else {
+            return;
+        };
+        shared.stats.handshake_evictions += 1;
+        let timeout = Response::text(408, "request timeout: the server needed the slot");
+        if self.core.get(victim).is_some_and(|c| c.is_silent()) {
+            // It sent nothing, so closing cannot reset unread data: answer and close now,
+            // without lingering.
+            if let Some(conn) = self.core.get_mut(victim) {
+                let _ = conn.sock.write_all(&whole(&timeout));
+            }
+            let stats = &mut self.core.shared.stats;
+            stats.http_responses += 1;
+            stats.rejected.count(408);
+            self.remove(victim, abnormal("evicted handshake"));
+        } else {
+            self.respond(victim, &timeout, true);
+        }
+    }
+}
+
+/// A response in one piece, for a socket that gets one write and is closed.
+fn whole(response: &Response) -> Vec<u8> {
+    let (head, body) = response.encode();
+    [head, body].concat()
 }

@@ -6,13 +6,15 @@
 //! `on_drain` calls to make). The loop ([`Server`](crate::Server)) does that work when the
 //! callback has returned, so no callback ever runs inside another.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use slab::Slab;
 use tungstenite::protocol::WebSocketConfig;
 
+use super::admission::Admission;
+use super::timeouts::StallProbe;
 use super::turn::TurnBuffer;
 use crate::connection::{Connection, Phase};
 use crate::frame::sendable_close_code;
@@ -68,7 +70,10 @@ pub(crate) struct Shared<D> {
     pub(crate) drained: Vec<ConnId>,
     /// Scratch for the bytes the decoder emits (pongs, close frames).
     pub(crate) codec_out: Vec<u8>,
-    pub(crate) handshaking: usize,
+    /// Who gets a socket and a handshake slot.
+    pub(crate) admission: Admission,
+    /// Connections whose write stall is being judged (see `server::timeouts`): few.
+    pub(crate) stall_probes: HashMap<ConnId, StallProbe>,
     pub(crate) shutdown_requested: bool,
     started: Instant,
     /// The current tick (ms since `started`), read once per loop turn.
@@ -97,7 +102,8 @@ impl<D> Core<D> {
                 closed: VecDeque::new(),
                 drained: Vec::new(),
                 codec_out: Vec::new(),
-                handshaking: 0,
+                admission: Admission::default(),
+                stall_probes: HashMap::new(),
                 shutdown_requested: false,
                 started: Instant::now(),
                 now: 0,

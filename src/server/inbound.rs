@@ -6,6 +6,7 @@ use std::mem;
 
 use bytes::Bytes;
 
+use super::admission::Refusal;
 use super::{Life, READS_PER_TURN, Server, abnormal};
 use crate::connection::{Fed, Phase, Pressure, Session};
 use crate::http::{self, Limits, Progress};
@@ -157,24 +158,26 @@ impl<H: Handler> Server<H> {
     /// Answers a request as plain HTTP: Handshaking → Lingering, and the connection closes
     /// once the answer is written. `with_body: false` answers a HEAD request: the head names
     /// the body's length, but the body stays home.
-    fn respond(&mut self, id: ConnId, response: &Response, with_body: bool) {
+    pub(super) fn respond(&mut self, id: ConnId, response: &Response, with_body: bool) {
         let Some((conn, shared)) = self.core.split(id) else {
             return;
         };
         if !conn.answered(shared.now) {
             return;
         }
-        shared.handshaking -= 1;
-        let (head, body) = response.encode();
-        shared.stats.http_responses += 1;
-        if response.status() >= 400 {
-            shared.stats.rejected.count(response.status());
+        shared.admission.end_handshake(conn.addr);
+        shared.push_response(conn, id, response, with_body);
+    }
+
+    /// Turns away a connection that never got a handshake slot: it lingers with its `503`,
+    /// reading and dropping what it sends, so the client reads the answer, not a reset.
+    pub(super) fn refuse(&mut self, id: ConnId, refusal: Refusal) {
+        let Some((conn, shared)) = self.core.split(id) else {
+            return;
+        };
+        if conn.answered(shared.now) {
+            shared.push_response(conn, id, &Response::text(503, refusal.reason()), true);
         }
-        shared.push_owed(conn, id, head);
-        if with_body {
-            shared.push_owed(conn, id, body);
-        }
-        shared.schedule(conn, id);
     }
 
     /// Handshaking → Open: the 101 is queued, then `on_open` runs.
@@ -193,7 +196,7 @@ impl<H: Handler> Server<H> {
         if !conn.open(Session::new(data, pipelined, &shared.ws_config), shared.now) {
             return;
         }
-        shared.handshaking -= 1;
+        shared.admission.end_handshake(conn.addr);
         shared.push_owed(conn, id, http::switching_protocols(accept_key, protocol));
         shared.stats.handshakes_accepted += 1;
         shared.stats.open_connections += 1;

@@ -9,6 +9,7 @@
 //! turn buffer.
 
 mod accept;
+mod admission;
 mod core;
 mod inbound;
 mod outbound;
@@ -24,6 +25,7 @@ use std::time::Duration;
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
 
+pub(crate) use self::admission::AddrSlot;
 pub(crate) use self::core::Core;
 pub use self::core::Delivery;
 use crate::handle::{self, Command, Commands};
@@ -307,8 +309,10 @@ impl<H: Handler> Server<H> {
             return;
         };
         if conn.is_handshaking() {
-            shared.handshaking -= 1;
+            shared.admission.end_handshake(conn.addr);
         }
+        shared.admission.socket_gone(conn.addr);
+        shared.stall_probes.remove(&id);
         shared.stats.queued_bytes -= conn.outbox.queued();
         let mut conn = self.core.conns.remove(id.key());
         let _ = self.poll.registry().deregister(&mut conn.sock);

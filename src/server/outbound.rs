@@ -19,7 +19,7 @@ use mio::{Interest, Token};
 use super::core::{Core, Shared};
 use super::{Server, abnormal};
 use crate::connection::{Connection, Flush, Kind, Phase, Pressure};
-use crate::{ConnId, Ctx, Frame, Handler, SendError, SlowConsumer};
+use crate::{ConnId, Ctx, Frame, Handler, Response, SendError, SlowConsumer};
 
 /// Frames at least this long are queued by reference (one reference count per recipient)
 /// rather than copied into the turn buffer. Copying happens once per frame, not per
@@ -128,6 +128,26 @@ impl<D> Shared<D> {
         let len = bytes.len();
         conn.outbox.push(Kind::Owed, bytes);
         self.queued(conn, id, len);
+    }
+
+    /// Queues a plain HTTP answer (the connection is Lingering: it is the last thing said).
+    pub(crate) fn push_response(
+        &mut self,
+        conn: &mut Connection<D>,
+        id: ConnId,
+        response: &Response,
+        with_body: bool,
+    ) {
+        let (head, body) = response.encode();
+        self.stats.http_responses += 1;
+        if response.status() >= 400 {
+            self.stats.rejected.count(response.status());
+        }
+        self.push_owed(conn, id, head);
+        if with_body {
+            self.push_owed(conn, id, body);
+        }
+        self.schedule(conn, id);
     }
 
     fn start_stall_clock(&self, conn: &mut Connection<D>) {

@@ -21,7 +21,7 @@ impl<D> Shared<D> {
         let at = |from: u64, d: Duration| from.saturating_add(millis(d));
         let stall = at(conn.last_write, c.write_stall_timeout);
         match &conn.phase {
-            Phase::Handshaking(h) => at(h.since, c.handshake_timeout),
+            Phase::Handshaking(h) => h.deadline,
             Phase::Open(session) => {
                 let keepalive = match session.ping_sent {
                     // A peer still taking our bytes is alive, even if its pong is queued
@@ -51,6 +51,87 @@ impl<D> Shared<D> {
             self.timers.schedule(at, TimerKey::Conn(id));
         }
     }
+}
+
+/// What a connection with no write progress for `write_stall_timeout` turned out to be.
+enum Stall {
+    /// The peer took bytes: its clock starts again.
+    Alive,
+    /// Ask again at this tick.
+    Wait(u64),
+    /// The peer acknowledged nothing.
+    Stalled,
+    /// The socket failed.
+    Failed,
+}
+
+/// A connection whose stall is being judged: what the kernel had not had acknowledged when
+/// the judging began.
+pub(crate) struct StallProbe {
+    /// `last_write` then: a write since makes the probe void.
+    last_write: u64,
+    at: u64,
+    unacked: usize,
+}
+
+impl<D> Shared<D> {
+    /// A write does not tell whether the peer reads: the kernel may take more (a send buffer
+    /// that grew) while the peer takes nothing. Where the kernel says how many bytes are not
+    /// yet acknowledged, that is watched for a short while instead: if it does not shrink,
+    /// the peer has stalled. Elsewhere, a write that makes progress counts as life.
+    fn judge_stall(&mut self, conn: &mut Connection<D>, id: ConnId) -> Stall {
+        let now = self.now;
+        let Some(unacked) = unacked_bytes(&conn.sock) else {
+            return match self.write(conn) {
+                Ok(_) if conn.last_write == now => Stall::Alive,
+                Ok(_) => Stall::Stalled,
+                Err(_) => Stall::Failed,
+            };
+        };
+        let grace = millis(self.config.write_stall_timeout / 10).clamp(100, 3_000);
+        match self.stall_probes.get(&id) {
+            Some(probe) if probe.last_write == conn.last_write => {
+                if now < probe.at + grace {
+                    return Stall::Wait(probe.at + grace);
+                }
+                let alive = unacked < probe.unacked;
+                self.stall_probes.remove(&id);
+                if alive {
+                    conn.last_write = now;
+                    Stall::Alive
+                } else {
+                    Stall::Stalled
+                }
+            }
+            _ => {
+                self.stall_probes.insert(
+                    id,
+                    StallProbe {
+                        last_write: conn.last_write,
+                        at: now,
+                        unacked,
+                    },
+                );
+                Stall::Wait(now + grace)
+            }
+        }
+    }
+}
+
+/// Bytes the socket holds that the peer has not acknowledged (sent or not): `TIOCOUTQ`.
+#[cfg(target_os = "linux")]
+fn unacked_bytes(sock: &mio::net::TcpStream) -> Option<usize> {
+    use std::os::fd::AsRawFd;
+    let mut unacked: libc::c_int = 0;
+    // SAFETY: TIOCOUTQ on a socket writes one c_int through the pointer, which is valid and
+    // exclusively ours for the call.
+    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::TIOCOUTQ, &mut unacked) };
+    (rc == 0).then(|| usize::try_from(unacked).unwrap_or(0))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn unacked_bytes(_: &mio::net::TcpStream) -> Option<usize> {
+    None
 }
 
 impl<H: Handler> Server<H> {
@@ -93,20 +174,23 @@ impl<H: Handler> Server<H> {
             Phase::Open(_)
                 if !conn.outbox.is_empty() && now >= conn.last_write.saturating_add(stall) =>
             {
-                // The kernel may have been draining its own (large) buffer all along without
-                // making the socket writable again: a write now tells whether the peer reads.
-                match shared.write(conn) {
-                    Ok(_) if conn.last_write == now => {
+                match shared.judge_stall(conn, id) {
+                    Stall::Alive => {
                         shared.schedule(conn, id);
                         // Writable interest and watermarks are settled by the flush.
                         shared.mark_dirty(conn, id);
                         return;
                     }
-                    Ok(_) => {
+                    Stall::Wait(at) => {
+                        conn.timer_at = conn.timer_at.min(at);
+                        shared.timers.schedule(at, TimerKey::Conn(id));
+                        return;
+                    }
+                    Stall::Stalled => {
                         shared.stats.write_stall_timeouts += 1;
                         abnormal("write stalled")
                     }
-                    Err(_) => abnormal("write failed"),
+                    Stall::Failed => abnormal("write failed"),
                 }
             }
             Phase::Open(session) if session.ping_sent.is_some() => {

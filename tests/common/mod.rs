@@ -496,3 +496,18 @@ pub fn ticks_per_second() -> u64 {
     let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     if t > 0 { t as u64 } else { 100 }
 }
+
+/// A TCP connection from `source` (an address of 127.0.0.0/8), as a client behind another
+/// address would make. Timeouts as `raw_connect`.
+pub fn connect_from(addr: SocketAddr, source: std::net::Ipv4Addr) -> TcpStream {
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    let from = SocketAddr::from((source, 0));
+    socket.bind(&from.into()).expect("bind the source address");
+    socket.connect(&addr.into()).expect("connect");
+    let s: TcpStream = socket.into();
+    s.set_nodelay(true).expect("nodelay");
+    s.set_read_timeout(Some(IO_TIMEOUT)).expect("timeout");
+    s.set_write_timeout(Some(IO_TIMEOUT)).expect("timeout");
+    s
+}
