@@ -56,6 +56,7 @@ pub struct Config {
     pub(crate) shutdown_timeout: Duration,
     pub(crate) handle_capacity: usize,
     pub(crate) events_capacity: usize,
+    pub(crate) catch_panics: bool,
 }
 
 impl Default for Config {
@@ -81,6 +82,7 @@ impl Default for Config {
             shutdown_timeout: Duration::from_secs(5),
             handle_capacity: 4_096,
             events_capacity: 1_024,
+            catch_panics: true,
         }
     }
 }
@@ -256,6 +258,19 @@ impl Config {
     /// Readiness events taken from the OS per poll. Default **1,024**.
     pub fn events_capacity(mut self, n: usize) -> Config {
         self.events_capacity = n.max(1);
+        self
+    }
+
+    /// Whether a panic in a handler callback is caught: the connection it concerned is
+    /// closed with **1011** (a request is answered `500`), the panic is logged and counted in
+    /// [`Stats::handler_panics`](crate::Stats::handler_panics), and the loop carries on with
+    /// every other connection. A bug triggered by one client's message then costs that
+    /// client its connection, not everyone theirs. The handler's own state may be left half
+    /// updated by the panic (as after any caught panic); turn this off to let a panic unwind
+    /// out of [`Server::run`](crate::Server::run) instead (a build with `panic = "abort"`
+    /// aborts either way). Default **on**.
+    pub fn catch_panics(mut self, on: bool) -> Config {
+        self.catch_panics = on;
         self
     }
 }

@@ -54,10 +54,12 @@ pub struct CloseInfo {
 /// callback returns — [`on_close`](Handler::on_close) runs afterwards.
 ///
 /// # Panics
-/// A panic in a callback is not caught: it unwinds out of
-/// [`Server::run`](crate::Server::run) / [`Server::poll_once`](crate::Server::poll_once).
-/// The server is then in an unspecified (memory-safe) state; drop it, which closes every
-/// socket. Catch panics in your callbacks if you want to survive them.
+/// By default ([`Config::catch_panics`](crate::Config::catch_panics)) a panic in a callback
+/// is caught: the connection it concerned is closed with 1011 (`on_request`: answered
+/// `500`), the panic is logged and counted, and every other connection carries on. With
+/// `catch_panics(false)` it unwinds out of [`Server::run`](crate::Server::run) /
+/// [`Server::poll_once`](crate::Server::poll_once); the server is then in an unspecified
+/// (memory-safe) state: drop it, which closes every socket.
 ///
 /// ```
 /// use wshub::{ConnId, Ctx, Frame, Handler, Message, Reply, Request, Response};

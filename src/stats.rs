@@ -109,6 +109,9 @@ pub struct Stats {
     /// Connections failed while decoding what the peer sent (close codes 1002 protocol
     /// error, 1007 invalid UTF-8, 1009 too big, 1011 other decoder errors).
     pub protocol_errors: u64,
+    /// Handler callbacks that panicked (caught under
+    /// [`Config::catch_panics`](crate::Config::catch_panics)).
+    pub handler_panics: u64,
     /// Episodes in which accepting failed for lack of resources (e.g. EMFILE) and paused.
     pub accept_pauses: u64,
 }

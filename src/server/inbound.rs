@@ -10,7 +10,7 @@ use super::admission::Refusal;
 use super::{Life, READS_PER_TURN, Server, abnormal};
 use crate::connection::{Fed, Phase, Pressure, Session};
 use crate::http::{self, Limits, Progress};
-use crate::{CloseInfo, ConnId, Ctx, Handler, Reply, Request, Response};
+use crate::{CloseInfo, ConnId, Handler, Reply, Request, Response};
 
 impl<H: Handler> Server<H> {
     /// Reads a ready socket until `WouldBlock` (mio's readiness is edge-triggered: stopping
@@ -118,7 +118,8 @@ impl<H: Handler> Server<H> {
             return;
         };
         let reply = if self.life == Life::Running {
-            self.handler.on_request(&mut Ctx::new(&mut self.core), &req)
+            self.callback(|handler, ctx| handler.on_request(ctx, &req))
+                .unwrap_or_else(|| Reply::Respond(Response::text(500, "internal error")))
         } else {
             Reply::Respond(Response::text(503, "server shutting down"))
         };
@@ -201,7 +202,9 @@ impl<H: Handler> Server<H> {
         shared.stats.handshakes_accepted += 1;
         shared.stats.open_connections += 1;
         shared.schedule(conn, id);
-        self.handler.on_open(&mut Ctx::new(&mut self.core), id);
+        if self.callback(|handler, ctx| handler.on_open(ctx, id)).is_none() {
+            let _ = self.core.close(id, 1011, "internal error");
+        }
         if has_pipelined {
             // Frames that came in the same read as the request: decode them now.
             self.on_frame_bytes(id, &[]);
@@ -238,8 +241,12 @@ impl<H: Handler> Server<H> {
             }
             self.core.shared.stats.messages_in += 1;
             self.core.shared.stats.bytes_in += msg.len() as u64;
-            self.handler
-                .on_message(&mut Ctx::new(&mut self.core), id, msg);
+            if self
+                .callback(|handler, ctx| handler.on_message(ctx, id, msg))
+                .is_none()
+            {
+                let _ = self.core.close(id, 1011, "internal error");
+            }
         }
         self.messages = messages;
         if let Some((conn, shared)) = self.core.split(id) {

@@ -19,6 +19,7 @@ mod turn;
 
 use std::io;
 use std::mem;
+use std::panic::{self, AssertUnwindSafe};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
@@ -30,7 +31,7 @@ pub(crate) use self::core::Core;
 pub use self::core::Delivery;
 use crate::handle::{self, Command, Commands};
 use crate::timers::TimerId;
-use crate::{CloseInfo, Config, ConnId, Handle, Handler, Message, SendError, Stats};
+use crate::{CloseInfo, Config, ConnId, Ctx, Handle, Handler, Message, SendError, Stats};
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX - 2);
@@ -299,6 +300,29 @@ impl<H: Handler> Server<H> {
             }
         }
         self.more_work = true;
+    }
+
+    /// Runs a handler callback with a `Ctx`. With [`Config::catch_panics`] (the default) a
+    /// panic in it is caught, logged and counted, and `None` returned: the caller closes the
+    /// connection concerned with 1011 (or answers 500), and the loop carries on.
+    fn callback<R>(&mut self, f: impl FnOnce(&mut H, &mut Ctx<'_, H::Data>) -> R) -> Option<R> {
+        let Server { handler, core, .. } = self;
+        if !core.shared.config.catch_panics {
+            return Some(f(handler, &mut Ctx::new(core)));
+        }
+        match panic::catch_unwind(AssertUnwindSafe(|| f(handler, &mut Ctx::new(core)))) {
+            Ok(result) => Some(result),
+            Err(payload) => {
+                core.shared.stats.handler_panics += 1;
+                let what = payload
+                    .downcast_ref::<&str>()
+                    .copied()
+                    .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+                    .unwrap_or("(no message)");
+                log::error!("a handler callback panicked: {what}");
+                None
+            }
+        }
     }
 
     /// Removes a connection from the table; `on_close` gets `info` if it was still a

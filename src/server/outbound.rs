@@ -19,7 +19,7 @@ use mio::{Interest, Token};
 use super::core::{Core, Shared};
 use super::{Server, abnormal};
 use crate::connection::{Connection, Flush, Kind, Phase, Pressure};
-use crate::{ConnId, Ctx, Frame, Handler, Response, SendError, SlowConsumer};
+use crate::{ConnId, Frame, Handler, Response, SendError, SlowConsumer};
 
 /// Frames at least this long are queued by reference (one reference count per recipient)
 /// rather than copied into the turn buffer. Copying happens once per frame, not per
@@ -226,16 +226,19 @@ impl<H: Handler> Server<H> {
                 self.core.shared.dirty = dirty; // keep the allocation
             }
             for id in mem::take(&mut self.core.shared.drained) {
-                if self.core.get(id).is_some_and(|c| c.is_open()) {
-                    self.handler.on_drain(&mut Ctx::new(&mut self.core), id);
+                if self.core.get(id).is_some_and(|c| c.is_open())
+                    && self
+                        .callback(|handler, ctx| handler.on_drain(ctx, id))
+                        .is_none()
+                {
+                    let _ = self.core.close(id, 1011, "internal error");
                 }
             }
             for id in mem::take(&mut self.resume) {
                 self.read_ready(id.key());
             }
             while let Some((id, data, info)) = self.core.shared.closed.pop_front() {
-                self.handler
-                    .on_close(&mut Ctx::new(&mut self.core), id, info, data);
+                self.callback(|handler, ctx| handler.on_close(ctx, id, info, data));
             }
             let shared = &self.core.shared;
             if shared.dirty.is_empty() && shared.drained.is_empty() && self.resume.is_empty() {

@@ -11,7 +11,7 @@ use super::core::{Shared, millis};
 use super::{Server, abnormal};
 use crate::connection::{Connection, Phase};
 use crate::timers::TimerKey;
-use crate::{CloseInfo, ConnId, Ctx, Frame, Handler};
+use crate::{CloseInfo, ConnId, Frame, Handler};
 
 impl<D> Shared<D> {
     /// The connection's next deadline in ticks.
@@ -141,7 +141,7 @@ impl<H: Handler> Server<H> {
             match key {
                 TimerKey::App(timer) => {
                     if let Some(token) = self.core.shared.timers.take_app(timer) {
-                        self.handler.on_timer(&mut Ctx::new(&mut self.core), token);
+                        self.callback(|handler, ctx| handler.on_timer(ctx, token));
                     }
                 }
                 TimerKey::ResumeAccept => {
