@@ -89,8 +89,8 @@ impl<'a, D> Ctx<'a, D> {
         self.core.subscribe(id, topic)
     }
 
-    /// Unsubscribes a connection from `topic`. Returns `Ok(false)` if it was not subscribed
-    /// (or the topic does not exist). O(1) amortised.
+    /// Unsubscribes a connection (open or closing) from `topic`. Returns `Ok(false)` if it
+    /// was not subscribed (or the topic does not exist). O(1) amortised.
     pub fn unsubscribe(&mut self, id: ConnId, topic: &str) -> Result<bool, SendError> {
         self.core.unsubscribe(id, topic)
     }

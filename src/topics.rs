@@ -86,6 +86,11 @@ impl Topics {
                 place.0 = at;
             }
         }
+        // A topic that was large once does not keep its peak memory.
+        if topic.subscribers.len() < topic.subscribers.capacity() / 4 {
+            topic.subscribers.shrink_to(topic.subscribers.len() * 2);
+            topic.places.shrink_to(topic.places.len() * 2);
+        }
         if topic.subscribers.is_empty() {
             let topic = self.topics.remove(key);
             self.names.remove(&topic.name);

@@ -21,11 +21,6 @@ use bytes::{Buf, Bytes};
 /// with spans merged, a connection rarely has more than a few.
 const MAX_IOVECS: usize = 64;
 
-/// A sealed span smaller than `1 / PIN_RATIO` of the turn buffer it came from is copied out
-/// rather than sliced, so a slow reader keeping a few bytes cannot pin a large buffer: the
-/// memory pinned by leftovers stays within `PIN_RATIO` × the bytes counted in queues.
-const PIN_RATIO: usize = 8;
-
 /// What a queued chunk is, for the backpressure policy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Kind {
@@ -78,8 +73,12 @@ pub(crate) struct Outbox {
     /// The front chunk has been partly written: it must be finished before anything else,
     /// or the peer would see half a frame.
     front_started: bool,
-    /// Some chunk may point into the current turn's buffer: `seal` is due at the turn's end.
+    /// Listed for sealing this turn (see `push_span`).
     in_turn: bool,
+    /// Chunks that point into the current turn's buffer, and their bytes. They are all
+    /// behind the chunks of earlier turns, so `seal` finds them from the back.
+    turn_chunks: usize,
+    turn_bytes: usize,
 }
 
 /// What a call to [`Outbox::write_to`] achieved.
@@ -142,7 +141,9 @@ impl Outbox {
                 kind,
                 body: Body::Turn { start, end },
             });
+            self.turn_chunks += 1;
         }
+        self.turn_bytes += end - start;
         !std::mem::replace(&mut self.in_turn, true)
     }
 
@@ -154,31 +155,30 @@ impl Outbox {
         }
     }
 
-    /// The turn is ending: every span of `turn` still queued becomes bytes of its own, a
-    /// slice of the frozen buffer (or a copy, if it is a small part of a large buffer).
-    pub(crate) fn seal(&mut self, turn: &Bytes) {
-        if !std::mem::replace(&mut self.in_turn, false) {
-            return;
-        }
-        for chunk in &mut self.chunks {
-            if let Body::Turn { start, end } = chunk.body {
-                let len = end - start;
-                chunk.body = Body::Own(if len * PIN_RATIO < turn.len() {
-                    Bytes::copy_from_slice(&turn[start..end])
-                } else {
-                    turn.slice(start..end)
-                });
-            }
-        }
+    /// Bytes queued as spans of the current turn's buffer.
+    pub(crate) fn turn_bytes(&self) -> usize {
+        self.turn_bytes
     }
 
-    /// Whether some chunk still points into the current turn's buffer.
-    pub(crate) fn holds_turn(&self) -> bool {
-        self.in_turn
-            && self
-                .chunks
-                .iter()
-                .any(|c| matches!(c.body, Body::Turn { .. }))
+    /// The turn is ending: every span still queued becomes bytes of its own: a slice of the
+    /// frozen buffer if there is one, else a copy out of `turn` (which is about to be reused).
+    pub(crate) fn seal(&mut self, turn: &[u8], frozen: Option<&Bytes>) {
+        self.in_turn = false;
+        let mut left = self.turn_chunks;
+        for chunk in self.chunks.iter_mut().rev() {
+            if left == 0 {
+                break;
+            }
+            if let Body::Turn { start, end } = chunk.body {
+                chunk.body = Body::Own(match frozen {
+                    Some(frozen) => frozen.slice(start..end),
+                    None => Bytes::copy_from_slice(&turn[start..end]),
+                });
+                left -= 1;
+            }
+        }
+        self.turn_chunks = 0;
+        self.turn_bytes = 0;
     }
 
     /// Drops every data frame not yet started (a partly written front one stays, so the
@@ -189,14 +189,21 @@ impl Outbox {
         let mut dropped = 0;
         let mut index = 0;
         let front_started = self.front_started;
+        let (mut turn_chunks, mut turn_bytes) = (0, 0);
         self.chunks.retain(|chunk| {
             let keep = chunk.kind == Kind::Owed || (index == 0 && front_started);
             index += 1;
             if !keep {
                 dropped += chunk.len();
+                if matches!(chunk.body, Body::Turn { .. }) {
+                    turn_chunks += 1;
+                    turn_bytes += chunk.len();
+                }
             }
             keep
         });
+        self.turn_chunks -= turn_chunks;
+        self.turn_bytes -= turn_bytes;
         self.queued -= dropped;
         self.data_queued -= dropped;
         if self.chunks.is_empty() {
@@ -244,10 +251,17 @@ impl Outbox {
             if front.kind == Kind::Data {
                 self.data_queued -= taken;
             }
+            let in_turn = matches!(front.body, Body::Turn { .. });
+            if in_turn {
+                self.turn_bytes -= taken;
+            }
             n -= taken;
             if taken == len {
                 self.chunks.pop_front();
                 self.front_started = false;
+                if in_turn {
+                    self.turn_chunks -= 1;
+                }
             } else {
                 match &mut front.body {
                     Body::Turn { start, .. } => *start += taken,
@@ -347,8 +361,8 @@ mod tests {
         assert_eq!(sink.calls, vec![2]);
         assert_eq!(outbox.queued(), 5);
         // The turn ends: what is left no longer needs the turn's buffer.
-        let frozen = Bytes::from(turn);
-        outbox.seal(&frozen);
+        outbox.seal(&turn, None);
+        assert_eq!(outbox.turn_bytes(), 0);
         assert_eq!(outbox.write_to(&mut sink, b"").unwrap(), Flush::Blocked);
         assert_eq!(outbox.write_to(&mut sink, b"").unwrap(), Flush::Done);
         assert_eq!(sink.out, b"aaabbbddd");

@@ -194,9 +194,13 @@ impl<D> Core<D> {
         Ok(self.topics.subscribe(id, topic))
     }
 
+    /// Unsubscribes a connection that is open or closing (its subscriptions go anyway when
+    /// it finishes).
     pub(crate) fn unsubscribe(&mut self, id: ConnId, topic: &str) -> Result<bool, SendError> {
-        self.check_open(id)?;
-        Ok(self.topics.unsubscribe(id, topic))
+        match self.check_open(id) {
+            Ok(()) | Err(SendError::Closing) => Ok(self.topics.unsubscribe(id, topic)),
+            Err(e) => Err(e),
+        }
     }
 
     fn check_open(&self, id: ConnId) -> Result<(), SendError> {

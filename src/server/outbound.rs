@@ -15,6 +15,7 @@ use std::net::Shutdown;
 
 use bytes::Bytes;
 use mio::{Interest, Token};
+use slab::Slab;
 
 use super::core::{Core, Shared};
 use super::{Server, abnormal};
@@ -34,29 +35,30 @@ const SETTLE_ROUNDS: usize = 64;
 
 impl<D> Core<D> {
     /// Ends the turn for the write path: what sockets did not take of the turn buffer becomes
-    /// bytes of its own (slices of the frozen buffer), and the buffer starts afresh. Must run
-    /// before anything else is queued after a turn, as spans are only valid within one.
+    /// bytes of its own (slices of the frozen buffer, or copies when they are a small part
+    /// of it), and the buffer starts afresh. Must run before anything else is queued after a
+    /// turn, as spans are only valid within one.
     pub(crate) fn seal_turn(&mut self) {
         let Core { conns, shared, .. } = self;
-        let live = |id: &ConnId| {
+        let turn = &mut shared.turn;
+        let live = |conns: &Slab<Connection<D>>, id: &ConnId| {
             conns
                 .get(id.key())
-                .filter(|c| c.generation == id.generation())
+                .is_some_and(|c| c.generation == id.generation())
         };
-        let kept = shared
-            .turn
+        let leftovers: usize = turn
             .holders()
             .iter()
-            .any(|id| live(id).is_some_and(|c| c.outbox.holds_turn()));
-        let (frozen, holders) = shared.turn.end(kept);
-        for id in holders {
-            if let Some(conn) = conns
-                .get_mut(id.key())
-                .filter(|c| c.generation == id.generation())
-            {
-                conn.outbox.seal(&frozen);
+            .filter(|id| live(conns, id))
+            .map(|id| conns[id.key()].outbox.turn_bytes())
+            .sum();
+        let frozen = turn.end(leftovers);
+        for id in turn.holders() {
+            if live(conns, id) {
+                conns[id.key()].outbox.seal(turn.bytes(), frozen.as_ref());
             }
         }
+        turn.restart();
     }
 }
 
@@ -107,13 +109,19 @@ impl<D> Shared<D> {
     fn queue_data(&mut self, conn: &mut Connection<D>, id: ConnId, frame: &Frame) {
         let wire = frame.wire();
         self.start_stall_clock(conn);
-        if wire.len() < COPY_BELOW {
-            let (start, end) = self.turn.append(wire);
-            if conn.outbox.push_span(Kind::Data, start, end) {
-                self.turn.hold(id);
-            }
+        let span = if wire.len() < COPY_BELOW {
+            self.turn.append(wire)
         } else {
-            conn.outbox.push(Kind::Data, wire.clone());
+            None
+        };
+        match span {
+            Some((start, end)) => {
+                if conn.outbox.push_span(Kind::Data, start, end) {
+                    self.turn.hold(id);
+                }
+            }
+            // Large, or past the turn's budget: by reference.
+            None => conn.outbox.push(Kind::Data, wire.clone()),
         }
         self.queued(conn, id, wire.len());
     }
