@@ -10,10 +10,24 @@
 //! ```sh
 //! cargo run --release --example broadcast [ADDR] [--filter]   # default 127.0.0.1:9002
 //! ```
+//!
+//! Ctrl-C or SIGTERM shuts it down gracefully (close 1001 to every connection); a second one
+//! exits at once.
 
+use std::process::ExitCode;
 use std::rc::Rc;
 
-use wshub::{Config, ConnId, Ctx, Frame, Handler, Message, Reply, Request, Server};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+use wshub::{Config, ConnId, Ctx, Frame, Handle, Handler, Message, Reply, Request, Server};
+
+const USAGE: &str = "usage: broadcast [ADDR] [--filter]
+Every text message goes to everyone; with ?room=NAME on the upgrade URL, to that room.
+  ADDR        listen address (default 127.0.0.1:9002; port 0 picks a free port)
+  --filter    find a room's members by walking every connection (broadcast_to)
+              instead of by topic, to compare the two
+  -h, --help  this text
+Logs to stdout (RUST_LOG=debug for more). Ctrl-C or SIGTERM shuts down gracefully.";
 
 struct Broadcast {
     /// Rooms by `broadcast_to(filter)` rather than by topic.
@@ -59,29 +73,82 @@ impl Handler for Broadcast {
     }
 }
 
-fn main() -> std::io::Result<()> {
+fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(Some(args)) => args,
+        Ok(None) => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("broadcast: {e}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("broadcast: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(Args { addr, filter }: Args) -> Result<(), String> {
     simple_logger::SimpleLogger::new()
         .with_level(log::LevelFilter::Info)
         .env()
         .init()
         .ok();
-    let mut addr = "127.0.0.1:9002".to_owned();
-    let mut filter = false;
-    for arg in std::env::args().skip(1) {
-        match arg.as_str() {
-            "--filter" => filter = true,
-            other if !other.starts_with('-') => addr = other.to_owned(),
-            other => {
-                eprintln!("unknown option {other}; usage: broadcast [ADDR] [--filter]");
-                std::process::exit(2);
-            }
-        }
-    }
     let config = Config::default()
         .max_connections(100_000)
         .max_handshakes(16_384);
-    let mut server = Server::bind(&addr, config, Broadcast { filter })?;
+    let mut server = Server::bind(&addr, config, Broadcast { filter })
+        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    shut_down_on_signals(server.handle()).map_err(|e| format!("cannot watch signals: {e}"))?;
+    let local = server.local_addr().ok_or("no local address")?;
     let rooms = if filter { "filter walk" } else { "topics" };
-    log::info!("broadcast server listening on ws://{addr} (rooms by {rooms})");
-    server.run()
+    log::info!("broadcast server listening on ws://{local} (rooms by {rooms})");
+    server.run().map_err(|e| format!("server failed: {e}"))
+}
+
+struct Args {
+    addr: String,
+    filter: bool,
+}
+
+/// `[ADDR] [--filter]`, or `None` for `--help`.
+fn parse_args() -> Result<Option<Args>, lexopt::Error> {
+    use lexopt::prelude::*;
+    let mut addr = None;
+    let mut filter = false;
+    let mut parser = lexopt::Parser::from_env();
+    while let Some(arg) = parser.next()? {
+        match arg {
+            Short('h') | Long("help") => return Ok(None),
+            Long("filter") => filter = true,
+            Value(value) if addr.is_none() => addr = Some(value.string()?),
+            _ => return Err(arg.unexpected()),
+        }
+    }
+    let addr = addr.unwrap_or_else(|| "127.0.0.1:9002".to_owned());
+    Ok(Some(Args { addr, filter }))
+}
+
+/// Ctrl-C or SIGTERM: a graceful shutdown, through the handle (so the server's loop sees it
+/// as one more event); a second signal exits at once.
+fn shut_down_on_signals(handle: Handle) -> std::io::Result<()> {
+    let mut signals = Signals::new([SIGINT, SIGTERM])?;
+    std::thread::spawn(move || {
+        let mut signals = signals.forever();
+        if let Some(signal) = signals.next() {
+            let name = signal_hook::low_level::signal_name(signal).unwrap_or("signal");
+            log::info!("{name}: shutting down (again to exit at once)");
+            let _ = handle.shutdown();
+        }
+        if let Some(signal) = signals.next() {
+            std::process::exit(128 + signal);
+        }
+    });
+    Ok(())
 }

@@ -4,8 +4,21 @@
 //! ```sh
 //! cargo run --release --example echo [ADDR]   # default 127.0.0.1:9001
 //! ```
+//!
+//! Ctrl-C or SIGTERM shuts it down gracefully (close 1001 to every connection); a second one
+//! exits at once.
 
-use wshub::{Config, ConnId, Ctx, Frame, Handler, Message, Reply, Request, Server};
+use std::process::ExitCode;
+
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+use wshub::{Config, ConnId, Ctx, Frame, Handle, Handler, Message, Reply, Request, Server};
+
+const USAGE: &str = "usage: echo [ADDR]
+Echoes every text and binary message back to its sender, on any path.
+  ADDR        listen address (default 127.0.0.1:9001; port 0 picks a free port)
+  -h, --help  this text
+Logs to stdout (RUST_LOG=debug for more). Ctrl-C or SIGTERM shuts down gracefully.";
 
 struct Echo;
 
@@ -22,25 +35,79 @@ impl Handler for Echo {
             Message::Binary(data) => Frame::binary(data),
         };
         if let Err(e) = ctx.send(id, &frame) {
-            log::warn!("echo to {id} failed: {e}");
+            log::warn!("echo to connection {id} failed: {e}");
         }
     }
 }
 
-fn main() -> std::io::Result<()> {
+fn main() -> ExitCode {
+    let addr = match parse_args() {
+        Ok(Some(addr)) => addr,
+        Ok(None) => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("echo: {e}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(addr) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("echo: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(addr: String) -> Result<(), String> {
     simple_logger::SimpleLogger::new()
         .with_level(log::LevelFilter::Info)
         .env()
         .init()
         .ok();
-    let addr = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "127.0.0.1:9001".to_owned());
     // Autobahn's 9.* cases send messages of up to 16 MiB and expect them back whole.
     let config = Config::default()
         .max_message_size(64 << 20)
         .max_backpressure(1 << 20);
-    let mut server = Server::bind(&addr, config, Echo)?;
-    log::info!("echo server listening on ws://{addr}");
-    server.run()
+    let mut server =
+        Server::bind(&addr, config, Echo).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    shut_down_on_signals(server.handle()).map_err(|e| format!("cannot watch signals: {e}"))?;
+    let local = server.local_addr().ok_or("no local address")?;
+    log::info!("echo server listening on ws://{local}");
+    server.run().map_err(|e| format!("server failed: {e}"))
+}
+
+/// `[ADDR]`, or `None` for `--help`.
+fn parse_args() -> Result<Option<String>, lexopt::Error> {
+    use lexopt::prelude::*;
+    let mut addr = None;
+    let mut parser = lexopt::Parser::from_env();
+    while let Some(arg) = parser.next()? {
+        match arg {
+            Short('h') | Long("help") => return Ok(None),
+            Value(value) if addr.is_none() => addr = Some(value.string()?),
+            _ => return Err(arg.unexpected()),
+        }
+    }
+    Ok(Some(addr.unwrap_or_else(|| "127.0.0.1:9001".to_owned())))
+}
+
+/// Ctrl-C or SIGTERM: a graceful shutdown, through the handle (so the server's loop sees it
+/// as one more event); a second signal exits at once.
+fn shut_down_on_signals(handle: Handle) -> std::io::Result<()> {
+    let mut signals = Signals::new([SIGINT, SIGTERM])?;
+    std::thread::spawn(move || {
+        let mut signals = signals.forever();
+        if let Some(signal) = signals.next() {
+            let name = signal_hook::low_level::signal_name(signal).unwrap_or("signal");
+            log::info!("{name}: shutting down (again to exit at once)");
+            let _ = handle.shutdown();
+        }
+        if let Some(signal) = signals.next() {
+            std::process::exit(128 + signal);
+        }
+    });
+    Ok(())
 }

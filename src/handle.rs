@@ -21,10 +21,11 @@ pub(crate) enum Command {
 ///
 /// Commands travel through a bounded channel (see
 /// [`Config::handle_capacity`](crate::Config::handle_capacity)) and wake the server's poll
-/// through a [`mio::Waker`]. A full channel reports [`HandleError::Full`] at once: a
-/// handle never blocks, and never makes the server's loop wait. Frames go through the same
-/// backpressure policy as sends from callbacks; since the caller cannot be told per
-/// recipient, refused ones are counted in [`Stats::dropped_messages`].
+/// through a [`mio::Waker`](https://docs.rs/mio/1/mio/struct.Waker.html): each arrives in
+/// the server's loop as one more event. A full channel reports [`HandleError::Full`] at
+/// once: a handle never blocks, and never makes the server's loop wait. Frames go through
+/// the same backpressure policy as sends from callbacks; since the caller cannot be told
+/// per recipient, refused ones are counted in [`Stats::dropped_messages`].
 ///
 /// ```no_run
 /// # use wshub::{Config, Ctx, Handler, Reply, Request, Server, Frame};
@@ -104,6 +105,29 @@ impl Handle {
     /// Starts a graceful shutdown: the server stops accepting, sends close 1001 to every
     /// connection, waits up to [`Config::shutdown_timeout`](crate::Config::shutdown_timeout)
     /// for their replies, and then [`Server::run`](crate::Server::run) returns.
+    ///
+    /// On Ctrl-C and SIGTERM, with the `signal-hook` crate: a thread sleeps until a signal
+    /// comes and passes it on as a shutdown (signal handlers themselves may do almost
+    /// nothing, so the handle is called from the thread, not from the handler).
+    ///
+    /// ```no_run
+    /// # use wshub::{Config, Ctx, Handler, Reply, Request, Server};
+    /// # struct App;
+    /// # impl Handler for App { type Data = ();
+    /// #   fn on_request(&mut self, _: &mut Ctx<'_, ()>, _: &Request<'_>) -> Reply<()> { Reply::accept(()) } }
+    /// use signal_hook::consts::{SIGINT, SIGTERM};
+    ///
+    /// let mut server = Server::bind("127.0.0.1:9001", Config::default(), App)?;
+    /// let handle = server.handle();
+    /// let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
+    /// std::thread::spawn(move || {
+    ///     for _ in signals.forever() {
+    ///         let _ = handle.shutdown();
+    ///     }
+    /// });
+    /// server.run()?; // returns once every connection is closed
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn shutdown(&self) -> Result<(), HandleError> {
         self.command(Command::Shutdown)
     }

@@ -5,6 +5,7 @@
 //! [`Handler::on_request`](crate::Handler::on_request), which answers it or accepts the
 //! upgrade. Answers close the TCP connection (`Connection: close`): there is no keep-alive.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::net::SocketAddr;
 
@@ -44,10 +45,14 @@ impl<'a> Request<'a> {
         self.target.split_once('?').map(|(_, query)| query)
     }
 
-    /// The value of the first `key=value` pair named `key` in the query string,
-    /// percent-decoded (`+` is a space, as in HTML forms). `None` if there is no such pair,
-    /// or if its value is not valid percent-encoded UTF-8. A key without `=` has an empty
-    /// value.
+    /// The value of the first `key=value` pair named `key` in the query string, decoded
+    /// as HTML forms and `URLSearchParams` do (`application/x-www-form-urlencoded`): `%XX`
+    /// is a byte, `+` a space (`%2B` is a plus sign), and names are decoded before they are
+    /// compared. A name without `=` has an empty value; of repeated names the first counts.
+    ///
+    /// `None` if there is no such pair, or if its value is not valid percent-encoded UTF-8
+    /// (a `%` without two hex digits, or bytes that are not UTF-8): stricter than the URL
+    /// standard, which would pass `%ZZ` through and turn `%FF` into U+FFFD.
     ///
     /// ```
     /// # fn demo(req: &wshub::Request<'_>) {
@@ -61,9 +66,9 @@ impl<'a> Request<'a> {
             .query()?
             .split('&')
             .map(|pair| pair.split_once('=').unwrap_or((pair, "")))
-            .find(|(k, _)| *k == key)?
+            .find(|(name, _)| form_decode(name).is_some_and(|name| name == key))?
             .1;
-        percent_decode(value)
+        form_decode(value).map(Cow::into_owned)
     }
 
     /// The first header of this name (case-insensitive), if its value is UTF-8.
@@ -407,25 +412,29 @@ pub(crate) fn parse(buf: &[u8], peer: Option<SocketAddr>) -> Option<Request<'_>>
     })
 }
 
-/// `%XX` escapes and `+` for space (application/x-www-form-urlencoded); `None` for a
-/// broken escape or bytes that are not UTF-8.
-fn percent_decode(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' => {
-                let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
-                i += 2;
-            }
-            b => out.push(b),
-        }
-        i += 1;
+/// One name or value of a query string, decoded as `application/x-www-form-urlencoded`:
+/// `+` is a space, `%XX` a byte (by `percent-encoding`, the crate `form_urlencoded` is built
+/// on). Stricter than the URL standard, which keeps a malformed escape such as `%ZZ` as it
+/// is and turns bytes that are not UTF-8 into U+FFFD: both give `None` here, so an
+/// application never mistakes a mangled value for what the client meant.
+fn form_decode(s: &str) -> Option<Cow<'_, str>> {
+    if !s.contains(['%', '+']) {
+        return Some(Cow::Borrowed(s));
     }
-    String::from_utf8(out).ok()
+    let malformed = s.split('%').skip(1).any(|after| {
+        !after
+            .as_bytes()
+            .get(..2)
+            .is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit))
+    });
+    if malformed {
+        return None;
+    }
+    let spaced = s.replace('+', " ");
+    let decoded = percent_encoding::percent_decode_str(&spaced)
+        .decode_utf8()
+        .ok()?;
+    Some(Cow::Owned(decoded.into_owned()))
 }
 
 /// The length of the head: up to and including the empty line that ends it. Lines end in
@@ -673,6 +682,45 @@ mod tests {
         assert_eq!(req.query_param("bad"), None);
         assert_eq!(req.query_param("nul"), None);
         assert_eq!(req.query_param("missing"), None);
+    }
+
+    #[test]
+    fn query_param_edge_cases() {
+        let param = |query: &str, key: &str| {
+            let raw = format!("GET /ws?{query} HTTP/1.1\r\n\r\n");
+            parse(raw.as_bytes(), None).unwrap().query_param(key)
+        };
+        // Spaces: `%20` and `+`; a plus sign is `%2B`; hex digits in either case.
+        assert_eq!(param("q=a%20b", "q").as_deref(), Some("a b"));
+        assert_eq!(param("q=a+b+", "q").as_deref(), Some("a b "));
+        assert_eq!(param("q=a%2Bb%2b", "q").as_deref(), Some("a+b+"));
+        assert_eq!(param("q=100%25", "q").as_deref(), Some("100%"));
+        // Escaped `&` and `=` stay in the value; a bare `=` after the first is the value's.
+        assert_eq!(param("q=a%26b%3Dc", "q").as_deref(), Some("a&b=c"));
+        assert_eq!(param("token=abc==", "token").as_deref(), Some("abc=="));
+        // Decoding yields what the client sent, control characters included: the
+        // application decides what it accepts.
+        assert_eq!(param("q=%00%0A", "q").as_deref(), Some("\0\n"));
+        // Broken escapes and bytes that are not UTF-8: None, not a guess.
+        for bad in [
+            "%", "a%", "%2", "%G1", "%ZZ", "%+1", "%%41", "%FF", "%C3", "%C3%28", "%E2%82",
+            "%C0%AF",
+        ] {
+            assert_eq!(param(&format!("q={bad}"), "q"), None, "q={bad}");
+        }
+        // Repeated names: the first counts, even when empty or broken.
+        assert_eq!(param("room=a&room=b", "room").as_deref(), Some("a"));
+        assert_eq!(param("room=&room=b", "room").as_deref(), Some(""));
+        assert_eq!(param("room=%ZZ&room=b", "room"), None);
+        // Names are decoded before they are compared; empty pairs are skipped.
+        assert_eq!(param("na%6De=ann", "name").as_deref(), Some("ann"));
+        assert_eq!(param("my+key=1", "my key").as_deref(), Some("1"));
+        assert_eq!(param("%ZZ=1&q=2", "q").as_deref(), Some("2"));
+        assert_eq!(param("&&q=1&", "q").as_deref(), Some("1"));
+        assert_eq!(param("Q=1", "q"), None, "names are case-sensitive");
+        // No query at all.
+        let bare = parse(b"GET /ws HTTP/1.1\r\n\r\n", None).unwrap();
+        assert_eq!(bare.query_param("q"), None);
     }
 
     #[test]

@@ -12,6 +12,10 @@ use std::fmt;
 ///
 /// Ids are cheap to copy, compare and hash; use them as map keys.
 ///
+/// In logs an id displays as `#N`, the number of the connection: the server's Nth accepted
+/// TCP connection (counting plain HTTP requests too), unique among them until the count
+/// wraps after 2³² connections. `{:?}` adds the slot: `ConnId(#N, slot S)`.
+///
 /// ```
 /// # fn demo(ctx: &mut wshub::Ctx<'_, ()>, id: wshub::ConnId) {
 /// use wshub::{Frame, SendError};
@@ -57,12 +61,26 @@ impl ConnId {
 
 impl fmt::Debug for ConnId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "ConnId({}#{})", self.key, self.generation)
+        write!(f, "ConnId(#{}, slot {})", self.generation, self.key)
     }
 }
 
+/// `#N`: the connection's number (see [`ConnId`]), e.g. `connection #17: read failed`.
 impl fmt::Display for ConnId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}#{}", self.key, self.generation)
+        write!(f, "#{}", self.generation)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ConnId;
+
+    #[test]
+    fn displays_the_connection_number_and_debugs_the_slot_too() {
+        let id = ConnId::new(3, 17);
+        assert_eq!(id.to_string(), "#17");
+        assert_eq!(format!("{id:?}"), "ConnId(#17, slot 3)");
+        assert_eq!(id.as_u64(), (17 << 32) | 3);
     }
 }

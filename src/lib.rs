@@ -38,8 +38,29 @@
 //! }
 //! ```
 //!
-//! The README's architecture section walks through the (private) modules and one message's
-//! way through them.
+//! # Where to look
+//!
+//! - [`Handler`]: the callbacks. [`Handler::on_request`] gets every HTTP request and answers
+//!   with a [`Reply`]: accept the upgrade (with per-connection data), or a [`Response`].
+//! - [`Ctx`]: what a callback may do: send, broadcast, subscribe and publish to topics,
+//!   close, per-connection data, timers, [`Stats`].
+//! - [`Server`]: [`bind`](Server::bind) and [`run`](Server::run), or drive it from a loop
+//!   of your own with [`poll_once`](Server::poll_once).
+//! - [`Handle`]: the server from other threads, and graceful shutdown (on Ctrl-C and
+//!   SIGTERM too: see [`Handle::shutdown`]).
+//! - [`Config`]: every limit, with its default and why.
+//!
+//! # Logging
+//!
+//! The library logs through the [`log`](https://docs.rs/log/0.4) facade, so nothing shows
+//! until the program installs a logger, e.g. with `env_logger::init()` or
+//! `simple_logger::SimpleLogger::new().with_level(log::LevelFilter::Info).env().init()`
+//! (both read `RUST_LOG`). A failure of the whole server (accepting, descriptor
+//! exhaustion) is logged as an error or a warning, a graceful shutdown at `info`, one
+//! connection's failure at `debug`; a connection shows as its [`ConnId`], `#N`.
+//!
+//! wshub is not on crates.io: the README says how to depend on it (by path or git), with
+//! a complete small server that logs and shuts down cleanly on Ctrl-C and SIGTERM.
 
 #![warn(missing_docs)]
 
@@ -48,6 +69,10 @@ mod connection;
 mod context;
 mod error;
 mod frame;
+/// Socket-free entry points for the fuzzers in `tests/fuzz/`; not part of the API.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod handle;
 mod handler;
 mod http;

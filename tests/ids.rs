@@ -61,11 +61,10 @@ impl Handler for Ids {
     }
 }
 
-/// `key#generation` from the Display form.
+/// (slot, generation) from `as_u64`: the generation in the high half, the slot in the low.
 fn parts(id: ConnId) -> (u32, u32) {
-    let text = id.to_string();
-    let (key, generation) = text.split_once('#').expect("key#generation");
-    (key.parse().unwrap(), generation.parse().unwrap())
+    let n = id.as_u64();
+    (n as u32, (n >> 32) as u32)
 }
 
 #[test]

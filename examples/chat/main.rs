@@ -13,16 +13,40 @@ mod chat;
 
 use std::process::ExitCode;
 
-use wshub::Server;
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+use wshub::{Handle, Server};
 
 const USAGE: &str = "usage: chat [ADDR] [--push-token TOKEN] [--history N]
+A chat hub on one port: the page at /, the socket at /ws, POST /push, GET /stats
+and GET /metrics.
   ADDR               listen address (default 127.0.0.1:8080; port 0 picks a free port)
   --push-token TOKEN POST /push requires 'Authorization: Bearer TOKEN'
                      (default: $CHAT_PUSH_TOKEN; none: anyone who can connect may push)
-  --history N        messages kept per room and sent on joining it (default 50)";
+  --history N        messages kept per room and sent on joining it (default 50)
+  -h, --help         this text
+Prints its URL, then logs, on stdout (RUST_LOG=debug for more).
+Ctrl-C or SIGTERM shuts down gracefully; a second one exits at once.";
 
 fn main() -> ExitCode {
-    match run() {
+    let mut opts = chat::Options {
+        push_token: std::env::var("CHAT_PUSH_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty()),
+        ..chat::Options::default()
+    };
+    let addr = match parse_args(&mut opts) {
+        Ok(Some(addr)) => addr,
+        Ok(None) => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("chat: {e}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(addr, opts) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("chat: {e}");
@@ -31,41 +55,13 @@ fn main() -> ExitCode {
     }
 }
 
-fn run() -> Result<(), String> {
-    let mut opts = chat::Options {
-        push_token: std::env::var("CHAT_PUSH_TOKEN")
-            .ok()
-            .filter(|t| !t.is_empty()),
-        ..chat::Options::default()
-    };
-    let mut addr = "127.0.0.1:8080".to_owned();
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "-h" | "--help" => {
-                println!("{USAGE}");
-                return Ok(());
-            }
-            "--push-token" => {
-                let token = args.next().ok_or("--push-token needs a value")?;
-                opts.push_token = Some(token).filter(|t| !t.is_empty());
-            }
-            "--history" => {
-                let n = args.next().ok_or("--history needs a value")?;
-                opts.history = n
-                    .parse()
-                    .map_err(|_| format!("--history: not a number: {n:?}"))?;
-            }
-            flag if flag.starts_with('-') => return Err(format!("unknown option {flag}\n{USAGE}")),
-            _ => addr = arg,
-        }
-    }
-
+fn run(addr: String, opts: chat::Options) -> Result<(), String> {
     let with_token = opts.push_token.is_some();
     let history = opts.history;
     let mut server = Server::bind(&addr, chat::config(), chat::Chat::new(opts))
         .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
     chat::start_timers(&mut server);
+    shut_down_on_signals(server.handle()).map_err(|e| format!("cannot watch signals: {e}"))?;
     let local = server.local_addr().ok_or("no local address")?;
     // The one line a script (or a person) needs; logs follow.
     println!("http://{local}/");
@@ -85,30 +81,44 @@ fn run() -> Result<(), String> {
     if !with_token && !local.ip().is_loopback() {
         log::warn!("POST /push is open to anyone who can reach {local}: set --push-token");
     }
-    shut_down_on_signals(server.handle());
     server.run().map_err(|e| format!("server failed: {e}"))
 }
 
-/// Ctrl-C or SIGTERM: a graceful shutdown (every socket gets close 1001, and the pages
-/// reconnect to the next server); a second one exits at once.
-fn shut_down_on_signals(handle: wshub::Handle) {
-    // SAFETY: plain libc calls on a local signal set. The signals are blocked before any
-    // other thread exists (threads inherit the mask), so only `sigwait` below takes them.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
-            return;
+/// `[ADDR] [--push-token TOKEN] [--history N]` into `opts`; the address, or `None` for
+/// `--help`.
+fn parse_args(opts: &mut chat::Options) -> Result<Option<String>, lexopt::Error> {
+    use lexopt::prelude::*;
+    let mut addr = None;
+    let mut parser = lexopt::Parser::from_env();
+    while let Some(arg) = parser.next()? {
+        match arg {
+            Short('h') | Long("help") => return Ok(None),
+            Long("push-token") => {
+                opts.push_token = Some(parser.value()?.string()?).filter(|t| !t.is_empty());
+            }
+            Long("history") => opts.history = parser.value()?.parse()?,
+            Value(value) if addr.is_none() => addr = Some(value.string()?),
+            _ => return Err(arg.unexpected()),
         }
-        std::thread::spawn(move || {
-            let mut signal = 0;
-            libc::sigwait(&set, &mut signal);
-            log::info!("signal {signal}: shutting down (again to exit at once)");
-            let _ = handle.shutdown();
-            libc::sigwait(&set, &mut signal);
-            std::process::exit(130);
-        });
     }
+    Ok(Some(addr.unwrap_or_else(|| "127.0.0.1:8080".to_owned())))
+}
+
+/// Ctrl-C or SIGTERM: a graceful shutdown (every socket gets close 1001, and the pages
+/// reconnect to the next server); a second one exits at once. The signal reaches the
+/// server's loop through its handle, as one more event.
+fn shut_down_on_signals(handle: Handle) -> std::io::Result<()> {
+    let mut signals = Signals::new([SIGINT, SIGTERM])?;
+    std::thread::spawn(move || {
+        let mut signals = signals.forever();
+        if let Some(signal) = signals.next() {
+            let name = signal_hook::low_level::signal_name(signal).unwrap_or("signal");
+            log::info!("{name}: shutting down (again to exit at once)");
+            let _ = handle.shutdown();
+        }
+        if let Some(signal) = signals.next() {
+            std::process::exit(128 + signal);
+        }
+    });
+    Ok(())
 }

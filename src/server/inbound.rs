@@ -202,7 +202,10 @@ impl<H: Handler> Server<H> {
         shared.stats.handshakes_accepted += 1;
         shared.stats.open_connections += 1;
         shared.schedule(conn, id);
-        if self.callback(|handler, ctx| handler.on_open(ctx, id)).is_none() {
+        if self
+            .callback(|handler, ctx| handler.on_open(ctx, id))
+            .is_none()
+        {
             let _ = self.core.close(id, 1011, "internal error");
         }
         if has_pipelined {

@@ -19,8 +19,8 @@ mod turn;
 
 use std::io;
 use std::mem;
-use std::panic::{self, AssertUnwindSafe};
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::panic::{self, AssertUnwindSafe};
 use std::time::Duration;
 
 use mio::net::TcpListener;
