@@ -706,6 +706,97 @@ fn a_users_tabs_share_its_rooms() {
     assert_eq!(tab1.recv(), message(&tab1, "rust", "still here"));
 }
 
+// ----- signing out -----
+
+#[test]
+fn sign_out_releases_the_user_at_once() {
+    // A long grace period: closing the last tab would keep the name for 30 s; signing out
+    // must not.
+    let server = chat(Options {
+        offline_grace: Duration::from_secs(30),
+        ..opts()
+    });
+    let mut ann1 = C::new(&server, "ann");
+    let mut ann2 = ann1.tab(&server);
+    let mut bob = C::new(&server, "bob");
+    assert_eq!(ann1.recv(), presence(&bob, "join", "lobby"));
+    assert_eq!(ann2.recv(), presence(&bob, "join", "lobby"));
+    let state = ann1.join("rust");
+    assert_eq!(ann2.recv(), state);
+    bob.join("rust");
+    assert_eq!(ann1.recv(), presence(&bob, "join", "rust"));
+    assert_eq!(ann2.recv(), presence(&bob, "join", "rust"));
+    let (old_ref, old_id, old_token) = (ann1.me(), ann1.id.clone(), ann1.token.clone());
+
+    // Extra fields are ignored, as for every message.
+    ann1.send(json!({ "type": "sign_out", "reason": "bye" }));
+    // Every tab of ann is closed with 4000, and gets nothing before the close.
+    assert_eq!(ann1.expect_close(), close::SIGNED_OUT);
+    assert_eq!(ann2.expect_close(), close::SIGNED_OUT);
+    // The others see ann leave each of her rooms (her rooms are in name order), at once.
+    let leave = |room: &str| json!({ "type": "presence", "from": old_ref.clone(), "event": "leave", "room": room });
+    assert_eq!(bob.recv(), leave("lobby"));
+    assert_eq!(bob.recv(), leave("rust"));
+    // Nobody by that name or id is here now.
+    bob.expect_error(
+        json!({ "type": "dm", "to": old_id, "text": "?" }),
+        "unknown_user",
+    );
+    bob.expect_error(
+        json!({ "type": "dm", "to": "ann", "text": "?" }),
+        "unknown_user",
+    );
+
+    // The name is free at once (no waiting): a new user, with a new id and token.
+    let mut again = C::try_connect(&server, "name=ANN").expect("the name is free at once");
+    assert_ne!(again.id, old_id);
+    assert_ne!(again.token, old_token);
+    assert_eq!(
+        again.recv(),
+        json!({ "type": "joined", "from": "server", "room": "lobby",
+                "members": [again.me(), bob.me()], "history": [] })
+    );
+    assert_eq!(bob.recv(), presence(&again, "join", "lobby"));
+    // The old token is no longer valid: it does not bring ann's identity back, it is
+    // ignored like any unknown token (a new user, here under another name).
+    let stranger = C::try_connect(&server, &format!("name=annie&token={old_token}"))
+        .expect("welcome as a new user");
+    assert_ne!(stranger.id, old_id);
+    assert_ne!(stranger.token, old_token);
+    assert_eq!(bob.recv()["event"], "join");
+    // Fence: nothing else reached bob in between.
+    again.say("lobby", "fence");
+    assert_eq!(bob.recv(), message(&again, "lobby", "fence"));
+
+    let (_, _, body) = http(&server, "GET", "/stats", "", "");
+    let stats: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(stats["chat"]["sign_outs"], 1);
+    assert_eq!(
+        stats["chat"]["users_known"], 3,
+        "bob, the new ann and annie: the old ann is forgotten"
+    );
+}
+
+#[test]
+fn a_signed_out_tab_is_nobody() {
+    // What a tab sends after its user signed out (before its close completes) reaches no
+    // room and gets no answer: the user is gone, and the server carries on.
+    let server = chat(opts());
+    let mut ann1 = C::new(&server, "ann");
+    let mut ann2 = ann1.tab(&server);
+    let mut bob = C::new(&server, "bob");
+    ann1.recv();
+    ann2.recv();
+    // Sign out, then at once something more, before the close arrives.
+    ann2.send(json!({ "type": "sign_out" }));
+    ann2.say("lobby", "after signing out");
+    assert_eq!(ann2.expect_close(), close::SIGNED_OUT);
+    assert_eq!(ann1.expect_close(), close::SIGNED_OUT);
+    assert_eq!(bob.recv()["event"], "leave");
+    bob.say("lobby", "fence");
+    assert_eq!(bob.recv(), message(&bob, "lobby", "fence"));
+}
+
 // ----- errors -----
 
 #[test]
@@ -883,7 +974,7 @@ fn the_page_and_the_routes() {
     let (status, _, body) = http(&server, "GET", "/nope", "", "");
     assert_eq!(status, 404);
     assert!(
-        body.contains("GET /, /ws, POST /push and GET /stats"),
+        body.contains("GET /, /ws, POST /push, GET /stats and GET /metrics"),
         "{body}"
     );
     let (status, head, _) = http(&server, "POST", "/", "", "x");
@@ -892,6 +983,9 @@ fn the_page_and_the_routes() {
     let (status, head, _) = http(&server, "GET", "/push", "", "");
     assert_eq!(status, 405);
     assert!(head.contains("Allow: POST"));
+    let (status, head, _) = http(&server, "POST", "/metrics", "", "");
+    assert_eq!(status, 405);
+    assert!(head.contains("Allow: GET"));
     // /ws without an upgrade: the library's handshake check answers.
     let (status, _, _) = http(&server, "GET", "/ws?name=x", "", "");
     assert_eq!(status, 400);
@@ -1089,15 +1183,344 @@ fn stats_report_the_server_and_the_chat() {
     );
     assert_eq!(s["rejections"]["not_found"], 1);
     assert_eq!(s["rejections"]["total"], 1);
+    // signed-in, user:ann, user:bob, room:lobby, room:rust
+    assert_eq!(s["topics"], 5);
     assert_eq!(
         s["chat"],
         json!({ "users_online": 2, "users_present": 2, "users_known": 2, "users_created": 2,
                 "rooms": 2, "room_messages": 1, "direct_messages": 1, "pushes": 0,
-                "errors": 1, "abuse_closes": 0, "seq": s["chat"]["seq"] })
+                "errors": 1, "abuse_closes": 0, "sign_outs": 0, "seq": s["chat"]["seq"] })
     );
     // The 11 above, less one sent twice, plus the presence events that nobody was there to
     // receive (ann into the lobby, bob into rust).
     assert_eq!(s["chat"]["seq"], 11);
+}
+
+// ----- metrics -----
+
+/// One sample of `GET /metrics`: its name and label, whether it is a counter (else a
+/// gauge), and where `/stats` has the same number (a JSON pointer).
+struct Metric {
+    name: &'static str,
+    label: Option<(&'static str, &'static str)>,
+    counter: bool,
+    stats: &'static str,
+}
+
+const fn counter(name: &'static str, stats: &'static str) -> Metric {
+    Metric {
+        name,
+        label: None,
+        counter: true,
+        stats,
+    }
+}
+
+const fn gauge(name: &'static str, stats: &'static str) -> Metric {
+    Metric {
+        name,
+        label: None,
+        counter: false,
+        stats,
+    }
+}
+
+const fn labelled(
+    name: &'static str,
+    label: (&'static str, &'static str),
+    stats: &'static str,
+) -> Metric {
+    Metric {
+        name,
+        label: Some(label),
+        counter: true,
+        stats,
+    }
+}
+
+/// Every sample `GET /metrics` has.
+const METRICS: &[Metric] = &[
+    gauge("wshub_open_connections", "/connections"),
+    gauge("wshub_tcp_connections", "/tcp_connections"),
+    gauge("wshub_topics", "/topics"),
+    counter("wshub_handshakes_accepted_total", "/handshakes_accepted"),
+    counter("wshub_http_responses_total", "/http_responses"),
+    labelled(
+        "wshub_http_rejections_total",
+        ("status", "400"),
+        "/rejections/bad_request",
+    ),
+    labelled(
+        "wshub_http_rejections_total",
+        ("status", "403"),
+        "/rejections/forbidden",
+    ),
+    labelled(
+        "wshub_http_rejections_total",
+        ("status", "404"),
+        "/rejections/not_found",
+    ),
+    labelled(
+        "wshub_http_rejections_total",
+        ("status", "405"),
+        "/rejections/method_not_allowed",
+    ),
+    labelled(
+        "wshub_http_rejections_total",
+        ("status", "408"),
+        "/rejections/request_timeout",
+    ),
+    labelled(
+        "wshub_http_rejections_total",
+        ("status", "413"),
+        "/rejections/content_too_large",
+    ),
+    labelled(
+        "wshub_http_rejections_total",
+        ("status", "426"),
+        "/rejections/upgrade_required",
+    ),
+    labelled(
+        "wshub_http_rejections_total",
+        ("status", "431"),
+        "/rejections/header_too_large",
+    ),
+    labelled(
+        "wshub_http_rejections_total",
+        ("status", "503"),
+        "/rejections/unavailable",
+    ),
+    labelled(
+        "wshub_http_rejections_total",
+        ("status", "other"),
+        "/rejections/other",
+    ),
+    counter("wshub_messages_in_total", "/messages_in"),
+    counter("wshub_bytes_in_total", "/bytes_in"),
+    counter("wshub_messages_out_total", "/messages_out"),
+    counter("wshub_bytes_out_total", "/bytes_out"),
+    gauge("wshub_queued_bytes", "/queued_bytes"),
+    gauge("wshub_peak_queued_bytes", "/peak_queued_bytes"),
+    counter("wshub_dropped_messages_total", "/dropped_messages"),
+    counter("wshub_slow_consumer_closes_total", "/slow_consumer_closes"),
+    labelled(
+        "wshub_timeouts_total",
+        ("kind", "handshake"),
+        "/timeouts/handshake",
+    ),
+    labelled("wshub_timeouts_total", ("kind", "pong"), "/timeouts/pong"),
+    labelled("wshub_timeouts_total", ("kind", "close"), "/timeouts/close"),
+    labelled(
+        "wshub_timeouts_total",
+        ("kind", "write_stall"),
+        "/timeouts/write_stall",
+    ),
+    counter("wshub_handshake_evictions_total", "/handshake_evictions"),
+    counter("wshub_protocol_errors_total", "/protocol_errors"),
+    counter("wshub_accept_pauses_total", "/accept_pauses"),
+    gauge("chat_users_online", "/chat/users_online"),
+    gauge("chat_users_present", "/chat/users_present"),
+    gauge("chat_users_known", "/chat/users_known"),
+    gauge("chat_rooms", "/chat/rooms"),
+    counter("chat_users_created_total", "/chat/users_created"),
+    counter("chat_room_messages_total", "/chat/room_messages"),
+    counter("chat_direct_messages_total", "/chat/direct_messages"),
+    counter("chat_pushes_total", "/chat/pushes"),
+    counter("chat_errors_total", "/chat/errors"),
+    counter("chat_abuse_closes_total", "/chat/abuse_closes"),
+    counter("chat_sign_outs_total", "/chat/sign_outs"),
+    counter("chat_server_messages_total", "/chat/seq"),
+];
+
+fn stats_json(server: &Server) -> Value {
+    let (status, _, body) = http(server, "GET", "/stats", "", "");
+    assert_eq!(status, 200);
+    serde_json::from_str(&body).expect("JSON stats")
+}
+
+#[test]
+fn metrics_are_the_stats_in_the_prometheus_text_format() {
+    let server = chat(opts());
+    let mut ann = C::new(&server, "ann");
+    let mut bob = C::new(&server, "bob");
+    ann.recv();
+    ann.say("lobby", "one");
+    ann.recv();
+    bob.recv();
+    ann.send(json!({ "type": "dm", "to": "bob", "text": "two" }));
+    ann.recv();
+    bob.recv();
+    ann.expect_error(json!({ "type": "nope" }), "unknown_type");
+    bob.join("rust");
+    push(&server, None, r#"{"room":"lobby","text":"three"}"#);
+    ann.recv();
+    bob.recv();
+    http(&server, "GET", "/missing", "", "");
+    let mut cy = C::new(&server, "cy");
+    ann.recv();
+    bob.recv();
+    cy.send(json!({ "type": "sign_out" }));
+    assert_eq!(cy.expect_close(), close::SIGNED_OUT);
+    drop(cy);
+    ann.recv();
+    bob.recv();
+    // Quiet: cy's connection is gone, nobody sends anything from here on.
+    assert!(wait_until(
+        IO_TIMEOUT,
+        || stats_json(&server)["connections"] == 2
+    ));
+
+    // /stats, /metrics, /stats: every number of the scrape lies between the two snapshots,
+    // and everything that does not move when the server is quiet is equal in all three.
+    let before = stats_json(&server);
+    let (status, head, body) = http(&server, "GET", "/metrics", "", "");
+    let after = stats_json(&server);
+    assert_eq!(status, 200);
+    assert!(
+        head.contains("Content-Type: text/plain; version=0.0.4; charset=utf-8"),
+        "{head}"
+    );
+    // The parser skips lines it does not understand, so the shape is checked here: each
+    // family is a HELP line, a TYPE line of the same name, then its samples, nothing else.
+    let mut family = None;
+    for pair in body.lines().collect::<Vec<_>>().windows(2) {
+        use prometheus_parse::LineInfo;
+        match (LineInfo::parse(pair[0]), LineInfo::parse(pair[1])) {
+            (LineInfo::Doc { metric_name, .. }, LineInfo::Type { metric_name: t, .. }) => {
+                assert_eq!(metric_name, t, "HELP and TYPE of one family");
+                family = Some(t);
+            }
+            (LineInfo::Doc { .. }, other) => panic!("a HELP line without its TYPE: {other:?}"),
+            (_, LineInfo::Sample { metric_name, .. }) => {
+                assert_eq!(Some(metric_name), family.as_deref(), "{}", pair[1]);
+            }
+            (_, LineInfo::Doc { .. } | LineInfo::Type { .. }) => {}
+            (_, other) => panic!("not a line of the format: {:?} ({other:?})", pair[1]),
+        }
+    }
+    assert!(
+        body.starts_with("# HELP ") && body.ends_with('\n'),
+        "{body}"
+    );
+    let scrape = prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_owned())))
+        .expect("a valid exposition");
+    let mut seen = std::collections::BTreeSet::new();
+    for sample in &scrape.samples {
+        let label = sample.labels.iter().next();
+        assert!(sample.labels.len() <= 1, "{sample:?}");
+        let Metric {
+            name,
+            label: want_label,
+            counter,
+            stats: pointer,
+        } = *METRICS
+            .iter()
+            .find(|m| {
+                m.name == sample.metric
+                    && m.label.map(|(k, v)| (k.to_owned(), v.to_owned()))
+                        == label.map(|(k, v)| (k.clone(), v.clone()))
+            })
+            .unwrap_or_else(|| panic!("an unexpected metric: {sample:?}"));
+        assert!(
+            seen.insert((name, want_label)),
+            "{name} {want_label:?} twice"
+        );
+        let value = match (&sample.value, counter) {
+            (prometheus_parse::Value::Counter(v), true)
+            | (prometheus_parse::Value::Gauge(v), false) => *v,
+            (other, _) => panic!("{name}: {other:?}, expected a counter: {counter}"),
+        };
+        assert!(
+            scrape.docs.get(name).is_some_and(|d| !d.is_empty()),
+            "{name} has no HELP"
+        );
+        if name == "wshub_tcp_connections" {
+            // The one number a quiet server does not hold still: it counts the scrape's own
+            // connection, and the earlier requests' while the server still lingers on them.
+            assert!(value >= 3.0, "two sockets and the scrape: {value}");
+            continue;
+        }
+        let (lo, hi) = (before.pointer(pointer), after.pointer(pointer));
+        let (lo, hi) = (
+            lo.and_then(Value::as_f64).expect(pointer),
+            hi.and_then(Value::as_f64).expect(pointer),
+        );
+        assert!(
+            lo.min(hi) <= value && value <= lo.max(hi),
+            "{name} {want_label:?} = {value}, /stats says {lo} then {hi}"
+        );
+    }
+    assert_eq!(seen.len(), METRICS.len(), "every metric is in the scrape");
+
+    // The scenario's numbers, the same in /stats (before and after) and in /metrics.
+    let metric = |name: &str, label: Option<(&str, &str)>| {
+        scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == name && label.is_none_or(|(k, v)| s.labels.get(k) == Some(v)))
+            .map(|s| match s.value {
+                prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) => v,
+                _ => f64::NAN,
+            })
+            .unwrap_or_else(|| panic!("no {name}"))
+    };
+    for (name, label, pointer, expected) in [
+        ("wshub_open_connections", None, "/connections", 2.0),
+        (
+            "wshub_handshakes_accepted_total",
+            None,
+            "/handshakes_accepted",
+            3.0,
+        ),
+        // say, dm, nope, join, sign_out
+        ("wshub_messages_in_total", None, "/messages_in", 5.0),
+        // signed-in, user:ann, user:bob, room:lobby, room:rust
+        ("wshub_topics", None, "/topics", 5.0),
+        (
+            "wshub_http_rejections_total",
+            Some(("status", "404")),
+            "/rejections/not_found",
+            1.0,
+        ),
+        ("chat_users_online", None, "/chat/users_online", 2.0),
+        ("chat_users_present", None, "/chat/users_present", 2.0),
+        ("chat_users_known", None, "/chat/users_known", 2.0),
+        ("chat_users_created_total", None, "/chat/users_created", 3.0),
+        ("chat_rooms", None, "/chat/rooms", 2.0),
+        ("chat_room_messages_total", None, "/chat/room_messages", 1.0),
+        (
+            "chat_direct_messages_total",
+            None,
+            "/chat/direct_messages",
+            1.0,
+        ),
+        ("chat_pushes_total", None, "/chat/pushes", 1.0),
+        ("chat_errors_total", None, "/chat/errors", 1.0),
+        ("chat_sign_outs_total", None, "/chat/sign_outs", 1.0),
+    ] {
+        assert_eq!(metric(name, label), expected, "{name}");
+        assert_eq!(before.pointer(pointer), after.pointer(pointer), "{pointer}");
+        assert_eq!(
+            before.pointer(pointer).and_then(Value::as_f64),
+            Some(expected),
+            "{pointer}"
+        );
+    }
+    // Messages out and the seq do not move either while nobody talks.
+    for pointer in ["/messages_out", "/chat/seq", "/queued_bytes"] {
+        assert_eq!(before.pointer(pointer), after.pointer(pointer), "{pointer}");
+    }
+    // The rejections by status add up to /stats' total.
+    let rejected: f64 = scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == "wshub_http_rejections_total")
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v) => v,
+            _ => f64::NAN,
+        })
+        .sum();
+    assert_eq!(Some(rejected), before["rejections"]["total"].as_f64());
 }
 
 #[test]

@@ -11,7 +11,6 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::fmt::Write as _;
-use std::io::Read as _;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Map, Value, json};
@@ -30,6 +29,8 @@ pub const MAX_NAME_CHARS: usize = 32;
 
 /// Close codes the chat uses (the library adds 1001, 1008, 1009, 1006).
 pub mod close {
+    /// The user signed out (`sign_out`, from this tab or another of the user's).
+    pub const SIGNED_OUT: u16 = 4000;
     /// The name in the query string is missing or invalid.
     pub const INVALID_NAME: u16 = 4001;
     /// Another present user has this name.
@@ -40,6 +41,8 @@ pub mod close {
     pub const TOO_MANY_ERRORS: u16 = 4008;
     /// Too many errors in the error window, the last of them `rate_limited`.
     pub const FLOODING: u16 = 4029;
+    /// The server could not admit the user (no randomness for its id and token).
+    pub const SERVER_ERROR: u16 = 1011;
 }
 
 /// The server settings the chat runs with: small messages, keepalive on with the library's
@@ -189,6 +192,7 @@ struct Totals {
     pushes: u64,
     errors: u64,
     abuse_closes: u64,
+    sign_outs: u64,
 }
 
 /// Application timer tokens.
@@ -230,7 +234,9 @@ impl Chat {
         rooms.insert(LOBBY.to_owned(), Room::new());
         Chat {
             opts,
-            instance: random_hex(4),
+            // Only has to differ from the previous process's, not be secret: the clock will
+            // do if the OS has no randomness to give.
+            instance: random_hex(4).unwrap_or_else(|_| format!("{:08x}", now_ms() as u32)),
             seq: 0,
             next_key: 1,
             users: HashMap::new(),
@@ -333,6 +339,10 @@ impl Chat {
                 let room = room_field(&obj)?;
                 self.leave(ctx, key, &room)
             }
+            "sign_out" => {
+                self.sign_out(ctx, key);
+                Ok(())
+            }
             "list_rooms" => {
                 let rooms: Vec<Value> = self
                     .rooms
@@ -346,7 +356,7 @@ impl Chat {
             other => Err(fail(
                 "unknown_type",
                 format!(
-                    "unknown message type {other:?} (expected say, dm, join, leave or list_rooms)"
+                    "unknown message type {other:?} (expected say, dm, join, leave, list_rooms or sign_out)"
                 ),
             )),
         }
@@ -642,11 +652,22 @@ impl Chat {
             }
         }
         let name = self.free_name(join.name)?;
+        // The token is a bearer secret: without the OS's randomness there is no safe one to
+        // give, so the user is refused rather than given a guessable token.
+        let (Ok(public_id), Ok(token)) = (random_hex(8), random_hex(16)) else {
+            return Err((
+                fail(
+                    "server_error",
+                    "the server cannot make a secret token right now: try again later",
+                ),
+                close::SERVER_ERROR,
+            ));
+        };
         let key = self.next_key;
         self.next_key += 1;
         let user = User {
-            id: random_hex(8),
-            token: random_hex(16),
+            id: public_id,
+            token,
             name,
             conns: Vec::new(),
             rooms: BTreeSet::new(),
@@ -701,6 +722,38 @@ impl Chat {
             self.by_name.remove(&lower);
         }
         self.offline.push_back((key, now));
+    }
+
+    /// `sign_out`: the user asked to be released, so nothing is kept for a return. Unlike
+    /// a closed last tab there is no grace period and the id and token are not remembered:
+    /// the user leaves every room now (the other members get `presence` `leave`), the name
+    /// is free for the next sign-in at once, the token stops being valid, and every tab of
+    /// the user is closed with 4000 (a page signed out in one tab is signed out in all).
+    fn sign_out(&mut self, ctx: &mut Ctx<'_, Conn>, key: u64) {
+        let rooms: Vec<String> = match self.users.get(&key) {
+            Some(u) => u.rooms.iter().cloned().collect(),
+            None => return,
+        };
+        for room in rooms {
+            self.remove_member(ctx, key, &room);
+        }
+        let Some(user) = self.users.remove(&key) else {
+            return;
+        };
+        self.by_id.remove(&user.id);
+        self.by_token.remove(&user.token);
+        let lower = user.name.to_lowercase();
+        if self.by_name.get(&lower) == Some(&key) {
+            self.by_name.remove(&lower);
+        }
+        // (No grace timer to cancel: the request came on one of the user's connections.)
+        self.totals.sign_outs += 1;
+        log::info!("{} ({}) signed out", user.name, user.id);
+        // The library delivers nothing more from a closing connection, and `on_close`
+        // finds no user to update: the user is gone from here on.
+        for id in user.conns {
+            let _ = ctx.close(id, close::SIGNED_OUT, "signed out");
+        }
     }
 
     /// Forgets users offline for longer than the session TTL, and the longest-offline ones
@@ -862,12 +915,17 @@ impl Chat {
         }
     }
 
+    /// Users with at least one open connection.
+    fn users_online(&self) -> usize {
+        self.users.values().filter(|u| !u.conns.is_empty()).count()
+    }
+
     fn stats(&self, ctx: &Ctx<'_, Conn>) -> Response {
         let s = ctx.stats();
-        let online = self.users.values().filter(|u| !u.conns.is_empty()).count();
         let body = json!({
             "connections": s.open_connections,
             "tcp_connections": s.tcp_connections,
+            "topics": s.topics,
             "handshakes_accepted": s.handshakes_accepted,
             "http_responses": s.http_responses,
             "messages_in": s.messages_in,
@@ -879,6 +937,8 @@ impl Chat {
             "dropped_messages": s.dropped_messages,
             "slow_consumer_closes": s.slow_consumer_closes,
             "protocol_errors": s.protocol_errors,
+            "accept_pauses": s.accept_pauses,
+            "handshake_evictions": s.handshake_evictions,
             "timeouts": {
                 "handshake": s.handshake_timeouts,
                 "pong": s.pong_timeouts,
@@ -891,6 +951,7 @@ impl Chat {
                 "forbidden": s.rejected.forbidden,
                 "not_found": s.rejected.not_found,
                 "method_not_allowed": s.rejected.method_not_allowed,
+                "request_timeout": s.rejected.request_timeout,
                 "content_too_large": s.rejected.content_too_large,
                 "upgrade_required": s.rejected.upgrade_required,
                 "header_too_large": s.rejected.header_too_large,
@@ -898,7 +959,7 @@ impl Chat {
                 "other": s.rejected.other,
             },
             "chat": {
-                "users_online": online,
+                "users_online": self.users_online(),
                 "users_present": self.by_name.len(),
                 "users_known": self.users.len(),
                 "users_created": self.totals.users_created,
@@ -908,10 +969,190 @@ impl Chat {
                 "pushes": self.totals.pushes,
                 "errors": self.totals.errors,
                 "abuse_closes": self.totals.abuse_closes,
+                "sign_outs": self.totals.sign_outs,
                 "seq": self.seq,
             },
         });
         Response::json(200, body.to_string()).header("Cache-Control", "no-store")
+    }
+
+    /// `GET /metrics`: what `/stats` reports, for Prometheus. The library's counters are
+    /// `wshub_*`, the chat's `chat_*`; totals are counters (`_total`), things that go up and
+    /// down are gauges; the 4xx/5xx answers and the timeouts are one metric each with a
+    /// label, so a dashboard can sum them or split them.
+    fn metrics(&self, ctx: &Ctx<'_, Conn>) -> Response {
+        let s = ctx.stats();
+        let r = &s.rejected;
+        let mut m = Exposition::default();
+        m.gauge(
+            "wshub_open_connections",
+            "Open WebSocket connections, including those closing.",
+            s.open_connections,
+        );
+        m.gauge(
+            "wshub_tcp_connections",
+            "TCP connections in the table: open sockets, handshakes and lingering ones.",
+            s.tcp_connections,
+        );
+        m.gauge(
+            "wshub_topics",
+            "Topics with at least one subscriber.",
+            s.topics,
+        );
+        m.counter(
+            "wshub_handshakes_accepted_total",
+            "WebSocket upgrades answered with 101.",
+            s.handshakes_accepted,
+        );
+        m.counter(
+            "wshub_http_responses_total",
+            "HTTP requests answered with a plain response, any status.",
+            s.http_responses,
+        );
+        m.counter_by(
+            "wshub_http_rejections_total",
+            "HTTP answers of 400 and above, by status (other: any status not listed).",
+            "status",
+            &[
+                ("400", r.bad_request),
+                ("403", r.forbidden),
+                ("404", r.not_found),
+                ("405", r.method_not_allowed),
+                ("408", r.request_timeout),
+                ("413", r.content_too_large),
+                ("426", r.upgrade_required),
+                ("431", r.header_too_large),
+                ("503", r.unavailable),
+                ("other", r.other),
+            ],
+        );
+        m.counter(
+            "wshub_messages_in_total",
+            "Data messages received.",
+            s.messages_in,
+        );
+        m.counter(
+            "wshub_bytes_in_total",
+            "Payload bytes of the data messages received.",
+            s.bytes_in,
+        );
+        m.counter(
+            "wshub_messages_out_total",
+            "Data frames queued, counted once per recipient.",
+            s.messages_out,
+        );
+        m.counter(
+            "wshub_bytes_out_total",
+            "Bytes written to sockets: frames, control frames and HTTP.",
+            s.bytes_out,
+        );
+        m.gauge(
+            "wshub_queued_bytes",
+            "Bytes queued for all connections.",
+            s.queued_bytes,
+        );
+        m.gauge(
+            "wshub_peak_queued_bytes",
+            "The most bytes ever queued for one connection.",
+            s.peak_queued_bytes,
+        );
+        m.counter(
+            "wshub_dropped_messages_total",
+            "Data frames dropped for slow readers, and handle commands whose target was gone.",
+            s.dropped_messages,
+        );
+        m.counter(
+            "wshub_slow_consumer_closes_total",
+            "Connections closed for not reading fast enough (1008).",
+            s.slow_consumer_closes,
+        );
+        m.counter_by(
+            "wshub_timeouts_total",
+            "Connections ended by a deadline, by kind.",
+            "kind",
+            &[
+                ("handshake", s.handshake_timeouts),
+                ("pong", s.pong_timeouts),
+                ("close", s.close_timeouts),
+                ("write_stall", s.write_stall_timeouts),
+            ],
+        );
+        m.counter(
+            "wshub_handshake_evictions_total",
+            "Handshakes given up (408) to make room for a newcomer when every slot was taken.",
+            s.handshake_evictions,
+        );
+        m.counter(
+            "wshub_protocol_errors_total",
+            "Connections failed while decoding what the peer sent.",
+            s.protocol_errors,
+        );
+        m.counter(
+            "wshub_accept_pauses_total",
+            "Times accepting paused for lack of resources (e.g. EMFILE).",
+            s.accept_pauses,
+        );
+        m.gauge(
+            "chat_users_online",
+            "Users with at least one open connection.",
+            self.users_online(),
+        );
+        m.gauge(
+            "chat_users_present",
+            "Users online or in the grace period after their last tab closed.",
+            self.by_name.len(),
+        );
+        m.gauge(
+            "chat_users_known",
+            "Users remembered: present, or offline with a token still valid.",
+            self.users.len(),
+        );
+        m.gauge(
+            "chat_rooms",
+            "Rooms, empty ones included.",
+            self.rooms.len(),
+        );
+        let t = &self.totals;
+        m.counter(
+            "chat_users_created_total",
+            "New users (ids and tokens handed out).",
+            t.users_created,
+        );
+        m.counter(
+            "chat_room_messages_total",
+            "Messages said in rooms.",
+            t.room_messages,
+        );
+        m.counter(
+            "chat_direct_messages_total",
+            "Private messages.",
+            t.direct_messages,
+        );
+        m.counter(
+            "chat_pushes_total",
+            "Messages pushed through POST /push.",
+            t.pushes,
+        );
+        m.counter(
+            "chat_errors_total",
+            "Requests refused with an error.",
+            t.errors,
+        );
+        m.counter(
+            "chat_abuse_closes_total",
+            "Connections closed for too many errors or flooding (4008, 4029).",
+            t.abuse_closes,
+        );
+        m.counter("chat_sign_outs_total", "Users who signed out.", t.sign_outs);
+        m.counter(
+            "chat_server_messages_total",
+            "Server messages built, each with the next seq (so also the last seq given).",
+            self.seq,
+        );
+        Response::new(200)
+            .header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+            .header("Cache-Control", "no-store")
+            .body(m.0)
     }
 }
 
@@ -985,9 +1226,10 @@ impl Handler for Chat {
             }
             "/push" => Reply::Respond(self.push(ctx, req)),
             "/stats" => get_only(req).unwrap_or_else(|| Reply::Respond(self.stats(ctx))),
+            "/metrics" => get_only(req).unwrap_or_else(|| Reply::Respond(self.metrics(ctx))),
             _ => Reply::Respond(Response::text(
                 404,
-                "not found: the chat serves GET /, /ws, POST /push and GET /stats",
+                "not found: the chat serves GET /, /ws, POST /push, GET /stats and GET /metrics",
             )),
         }
     }
@@ -1185,6 +1427,54 @@ fn check_name(name: Option<&str>) -> Result<String, Fail> {
     Ok(name.to_owned())
 }
 
+// ----- the Prometheus text format -----
+
+/// A `/metrics` page in the Prometheus text exposition format (version 0.0.4), written by
+/// hand: per metric a `# HELP` line, a `# TYPE` line and its samples. That is all a scrape
+/// of plain counters and gauges needs; a metrics crate would bring registries, atomics and
+/// encoders for a page that is built in one place from numbers at hand. Names, help texts
+/// and label values are constants of this file, so nothing needs escaping.
+#[derive(Default)]
+struct Exposition(String);
+
+impl Exposition {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        debug_assert!(
+            !help.contains(['\\', '\n']),
+            "help text needs escaping: {help}"
+        );
+        let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    }
+
+    /// A value that goes up and down (connections now, users now).
+    fn gauge(&mut self, name: &str, help: &str, value: usize) {
+        self.family(name, "gauge", help);
+        let _ = writeln!(self.0, "{name} {value}");
+    }
+
+    /// A total since the server started (a restart starts it from 0 again, which
+    /// Prometheus's `rate()` expects of a counter). Its name ends in `_total`.
+    fn counter(&mut self, name: &str, help: &str, value: u64) {
+        self.counter_by(name, help, "", &[("", value)]);
+    }
+
+    /// One counter split by a label: a sample per `(label value, count)`.
+    fn counter_by(&mut self, name: &str, help: &str, label: &str, values: &[(&str, u64)]) {
+        debug_assert!(
+            name.ends_with("_total"),
+            "a counter's name ends in _total: {name}"
+        );
+        self.family(name, "counter", help);
+        for (key, value) in values {
+            let _ = if label.is_empty() {
+                writeln!(self.0, "{name} {value}")
+            } else {
+                writeln!(self.0, "{name}{{{label}=\"{key}\"}} {value}")
+            };
+        }
+    }
+}
+
 // ----- small helpers -----
 
 fn json_error(status: u16, code: &str, message: &str) -> Response {
@@ -1204,22 +1494,12 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// `n` random bytes as hex, from the OS (std's randomly keyed hasher if /dev/urandom is
-/// not there).
-fn random_hex(n: usize) -> String {
+/// `n` random bytes from the operating system (`getrandom(2)` on Linux), as hex.
+fn random_hex(n: usize) -> Result<String, getrandom::Error> {
     let mut bytes = vec![0u8; n];
-    let urandom = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes));
-    if urandom.is_err() {
-        use std::hash::{BuildHasher, Hasher};
-        for (i, chunk) in bytes.chunks_mut(8).enumerate() {
-            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-            h.write_usize(i);
-            h.write_u128(now_ms() as u128);
-            chunk.copy_from_slice(&h.finish().to_le_bytes()[..chunk.len()]);
-        }
-    }
-    bytes.iter().fold(String::with_capacity(2 * n), |mut s, b| {
+    getrandom::fill(&mut bytes)?;
+    Ok(bytes.iter().fold(String::with_capacity(2 * n), |mut s, b| {
         let _ = write!(s, "{b:02x}");
         s
-    })
+    }))
 }
