@@ -19,7 +19,12 @@ const MAX_HEADERS: usize = 64;
 /// read; nothing is copied.
 pub struct Request<'a> {
     method: &'a str,
+    /// The target in origin form (`/path?query`), even when the client sent the absolute
+    /// form (`http://host/path?query`, RFC 9112 §3.2.2).
     target: &'a str,
+    /// The authority: from an absolute-form target, which wins over `Host` (RFC 9112
+    /// §3.2.2), else the `Host` header.
+    host: Option<&'a str>,
     minor_version: u8,
     headers: [httparse::Header<'a>; MAX_HEADERS],
     header_count: usize,
@@ -38,6 +43,14 @@ impl<'a> Request<'a> {
         self.target
             .split_once('?')
             .map_or(self.target, |(path, _)| path)
+    }
+
+    /// The host the request is for (with its port, if any): the authority of an
+    /// absolute-form target (`GET http://host/ws`), which takes precedence, else the `Host`
+    /// header. Every HTTP/1.1 request has exactly one (one without, or with two, is
+    /// answered `400` before it reaches the application).
+    pub fn host(&self) -> Option<&'a str> {
+        self.host
     }
 
     /// The query string without the `?`, if there is one. It is not percent-decoded.
@@ -152,8 +165,8 @@ impl<'a> Request<'a> {
             return Ok(());
         };
         let origin_host = origin.split_once("://").map_or(origin, |(_, rest)| rest);
-        match self.header("host") {
-            Some(host) if host.trim().eq_ignore_ascii_case(origin_host) => Ok(()),
+        match self.host() {
+            Some(host) if host.eq_ignore_ascii_case(origin_host) => Ok(()),
             _ => Err(Response::text(403, "origin not allowed")),
         }
     }
@@ -369,6 +382,9 @@ pub(crate) fn progress(buf: &[u8], scan: &mut Scan, limits: &Limits) -> Progress
         }
         Err(e) => return Progress::Invalid(Response::text(400, format!("malformed request: {e}"))),
     }
+    if let Err(reason) = check_request(&req) {
+        return Progress::Invalid(Response::text(400, reason));
+    }
     let body_len = match body_length(req.headers) {
         Ok(len) => len,
         Err(refusal) => return Progress::Invalid(refusal),
@@ -401,15 +417,100 @@ pub(crate) fn parse(buf: &[u8], peer: Option<SocketAddr>) -> Option<Request<'_>>
             head_len,
         )
     };
+    let (authority, target) = match split_target(target)? {
+        Target::Origin(path) => (None, path),
+        Target::Absolute { authority, path } => (Some(authority), path),
+    };
+    let host = authority.or_else(|| {
+        headers[..header_count]
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case("host"))
+            .and_then(|h| std::str::from_utf8(h.value).ok())
+            .map(str::trim)
+    });
     Some(Request {
         method,
         target,
+        host,
         minor_version,
         headers,
         header_count,
         body: &buf[head_len..],
         peer,
     })
+}
+
+/// A request target in the forms a server meets (RFC 9112 §3.2).
+enum Target<'a> {
+    /// `/path?query`, or `*` (for `OPTIONS`).
+    Origin(&'a str),
+    /// `http://authority/path?query` (also `https`, `ws`, `wss`); `http://authority` is `/`.
+    Absolute { authority: &'a str, path: &'a str },
+}
+
+fn split_target(target: &str) -> Option<Target<'_>> {
+    if target.starts_with('/') || target == "*" {
+        return Some(Target::Origin(target));
+    }
+    let (scheme, rest) = target.split_once("://")?;
+    if !["http", "https", "ws", "wss"]
+        .iter()
+        .any(|s| s.eq_ignore_ascii_case(scheme))
+    {
+        return None;
+    }
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(end);
+    if authority.is_empty() || authority.contains('@') {
+        return None;
+    }
+    // `http://host` means `/`. (`http://host?x`, a query without a path, is refused rather
+    // than rewritten: clients and proxies send `http://host/?x`.)
+    let path = match path {
+        "" => "/",
+        p if p.starts_with('?') => return None,
+        p => p,
+    };
+    Some(Target::Absolute { authority, path })
+}
+
+/// The checks every request passes before the application sees it, with the reason for a
+/// `400` (RFC 9112 §3.2, §3.2.2; RFC 9110 §7.2).
+fn check_request(req: &httparse::Request<'_, '_>) -> Result<(), &'static str> {
+    let target = req.path.unwrap_or("");
+    match split_target(target) {
+        None => return Err("invalid request target: expected /path or http://host/path"),
+        Some(Target::Origin("*")) if req.method != Some("OPTIONS") => {
+            return Err("invalid request target: * is only for OPTIONS");
+        }
+        Some(_) => {}
+    }
+    let count = |name: &str| {
+        req.headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case(name))
+            .count()
+    };
+    match count("host") {
+        0 if req.version == Some(1) => return Err("missing Host header"),
+        0 | 1 => {}
+        _ => return Err("more than one Host header"),
+    }
+    for (name, reason) in [
+        (
+            "sec-websocket-key",
+            "more than one Sec-WebSocket-Key header",
+        ),
+        (
+            "sec-websocket-version",
+            "more than one Sec-WebSocket-Version header",
+        ),
+    ] {
+        if count(name) > 1 {
+            return Err(reason);
+        }
+    }
+    Ok(())
 }
 
 /// One name or value of a query string, decoded as `application/x-www-form-urlencoded`:
@@ -636,7 +737,7 @@ mod tests {
 
     #[test]
     fn a_request_in_single_bytes_completes_once() {
-        let raw = b"POST /push HTTP/1.1\r\nContent-Length: 3\r\n\r\nabcWS";
+        let raw = b"POST /push HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabcWS";
         let mut scan = Scan::default();
         let mut done = None;
         for end in 1..=raw.len() {
@@ -756,7 +857,7 @@ mod tests {
             matches!(progress(huge.as_bytes(), &mut s, &LIMITS), Progress::Invalid(r) if r.status() == 431)
         );
         let mut s = Scan::default();
-        let big_body = b"POST / HTTP/1.1\r\nContent-Length: 5000\r\n\r\n";
+        let big_body = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5000\r\n\r\n";
         assert!(
             matches!(progress(big_body, &mut s, &LIMITS), Progress::Invalid(r) if r.status() == 413)
         );
@@ -765,9 +866,54 @@ mod tests {
             matches!(progress(b"GET / HTTP/1.1\r\nBad Header\r\n\r\n", &mut s, &LIMITS), Progress::Invalid(r) if r.status() == 400)
         );
         let mut s = Scan::default();
-        let signed = b"POST / HTTP/1.1\r\nContent-Length: +5\r\n\r\nhello";
+        let signed = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: +5\r\n\r\nhello";
         assert!(
             matches!(progress(signed, &mut s, &LIMITS), Progress::Invalid(r) if r.status() == 400)
         );
+    }
+
+    #[test]
+    fn host_and_target_rules_give_specific_400s() {
+        let check = |raw: &str| match progress(raw.as_bytes(), &mut Scan::default(), &LIMITS) {
+            Progress::Invalid(r) => {
+                assert_eq!(r.status(), 400);
+                let (_, body) = r.encode();
+                Err(String::from_utf8_lossy(&body).into_owned())
+            }
+            Progress::Complete { .. } => Ok(()),
+            Progress::Incomplete => panic!("incomplete: {raw:?}"),
+        };
+        let err = |s: &str| Err(s.to_owned());
+        assert_eq!(check("GET / HTTP/1.1\r\n\r\n"), err("missing Host header"));
+        assert_eq!(
+            check("GET / HTTP/1.0\r\n\r\n"),
+            Ok(()),
+            "HTTP/1.0 may omit it"
+        );
+        assert_eq!(
+            check("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"),
+            err("more than one Host header")
+        );
+        let keys = "GET /ws HTTP/1.1\r\nHost: a\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+                    Sec-WebSocket-Key: AQIDBAUGBwgJCgsMDQ4PEA==\r\n\r\n";
+        assert_eq!(check(keys), err("more than one Sec-WebSocket-Key header"));
+        assert!(check("GET ws HTTP/1.1\r\nHost: a\r\n\r\n").is_err());
+        assert!(check("GET ftp://a/ HTTP/1.1\r\nHost: a\r\n\r\n").is_err());
+        assert!(check("GET http://u@a/ HTTP/1.1\r\nHost: a\r\n\r\n").is_err());
+        assert!(check("GET * HTTP/1.1\r\nHost: a\r\n\r\n").is_err());
+        assert_eq!(check("OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n"), Ok(()));
+
+        // The absolute form reaches the application as a path, its authority as the host.
+        let raw = b"GET http://chat.example:8080/ws?name=ann HTTP/1.1\r\nHost: other\r\n\r\n";
+        assert_eq!(check(std::str::from_utf8(raw).unwrap()), Ok(()));
+        let req = parse(raw, None).unwrap();
+        assert_eq!(req.path(), "/ws");
+        assert_eq!(req.query_param("name").as_deref(), Some("ann"));
+        assert_eq!(req.host(), Some("chat.example:8080"));
+        let bare = parse(
+            b"GET HTTP://a.example HTTP/1.1\r\nHost: a.example\r\n\r\n",
+            None,
+        );
+        assert_eq!(bare.map(|r| r.path()), Some("/"));
     }
 }

@@ -223,9 +223,9 @@ fn unservable_requests_get_specific_statuses_and_the_socket_closes() {
 
     // A GET whose head (request line, headers, blank line) is exactly `len` bytes.
     let head_of = |len: usize| {
-        let fixed = "GET / HTTP/1.1\r\nX-Pad: \r\n\r\n".len();
+        let fixed = "GET / HTTP/1.1\r\nHost: x\r\nX-Pad: \r\n\r\n".len();
         format!(
-            "GET / HTTP/1.1\r\nX-Pad: {}\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: x\r\nX-Pad: {}\r\n\r\n",
             "p".repeat(len - fixed)
         )
     };
@@ -252,7 +252,7 @@ fn unservable_requests_get_specific_statuses_and_the_socket_closes() {
         ),
         (
             "invalid Content-Length",
-            "POST /echo HTTP/1.1\r\nContent-Length: ten\r\n\r\n".to_owned(),
+            "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: ten\r\n\r\n".to_owned(),
             "HTTP/1.1 400 Bad Request",
             "invalid Content-Length",
         ),
@@ -276,22 +276,49 @@ fn unservable_requests_get_specific_statuses_and_the_socket_closes() {
         ),
         (
             "body over max_body_bytes",
-            "POST /echo HTTP/1.1\r\nContent-Length: 4097\r\n\r\n".to_owned(),
+            "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 4097\r\n\r\n".to_owned(),
             "HTTP/1.1 413 Content Too Large",
             "request body too large",
         ),
         (
             "chunked body",
-            "POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+            "POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
                 .to_owned(),
             "HTTP/1.1 501 Not Implemented",
             "chunked request bodies are not supported",
         ),
         (
             "unknown path",
-            "GET /missing HTTP/1.1\r\n\r\n".to_owned(),
+            "GET /missing HTTP/1.1\r\nHost: x\r\n\r\n".to_owned(),
             "HTTP/1.1 404 Not Found",
             "no such page",
+        ),
+        (
+            "no Host",
+            "GET / HTTP/1.1\r\n\r\n".to_owned(),
+            "HTTP/1.1 400 Bad Request",
+            "missing Host header",
+        ),
+        (
+            "two Hosts",
+            "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n".to_owned(),
+            "HTTP/1.1 400 Bad Request",
+            "more than one Host header",
+        ),
+        (
+            "two different keys",
+            "GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+             Sec-WebSocket-Key: AQIDBAUGBwgJCgsMDQ4PEA==\r\n\r\n"
+                .to_owned(),
+            "HTTP/1.1 400 Bad Request",
+            "more than one Sec-WebSocket-Key header",
+        ),
+        (
+            "a target that is neither /path nor http://host/path",
+            "GET ws HTTP/1.1\r\nHost: x\r\n\r\n".to_owned(),
+            "HTTP/1.1 400 Bad Request",
+            "invalid request target: expected /path or http://host/path",
         ),
     ];
     for (what, req, status, body) in &cases {
@@ -313,7 +340,7 @@ fn unservable_requests_get_specific_statuses_and_the_socket_closes() {
 
     // A body at exactly the limit is accepted.
     let body = vec![b'x'; 4096];
-    let mut req = b"POST /echo HTTP/1.1\r\nContent-Length: 4096\r\n\r\n".to_vec();
+    let mut req = b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 4096\r\n\r\n".to_vec();
     req.extend_from_slice(&body);
     let (status, _, got_body) = parse_response(&raw_exchange(server.addr, &req));
     assert_eq!(status, "HTTP/1.1 200 OK");
@@ -337,13 +364,13 @@ fn unservable_requests_get_specific_statuses_and_the_socket_closes() {
         ]
     );
     let stats = handle.stats();
-    assert_eq!(stats.http_responses, 11);
-    assert_eq!(stats.rejected.bad_request, 3);
+    assert_eq!(stats.http_responses, 15);
+    assert_eq!(stats.rejected.bad_request, 7);
     assert_eq!(stats.rejected.header_too_large, 3);
     assert_eq!(stats.rejected.content_too_large, 1);
     assert_eq!(stats.rejected.not_found, 1);
     assert_eq!(stats.rejected.other, 1); // 501
-    assert_eq!(stats.rejected.total(), 9);
+    assert_eq!(stats.rejected.total(), 13);
     assert_eq!(stats.handshakes_accepted, 0);
 }
 

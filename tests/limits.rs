@@ -151,6 +151,10 @@ fn a_connection_over_max_handshakes_takes_the_oldest_idle_ones_slot() {
     assert_eq!(next_text(&mut third), "in");
     // The younger one finishes its handshake normally.
     let upgraded = RawWs::upgrade(younger, "/");
+    // Stats are published at the end of the turn that wrote the 101.
+    assert!(wait_until(Duration::from_secs(5), || {
+        server.handle.stats().handshakes_accepted == 2
+    }));
     let stats = server.handle.stats();
     assert_eq!(stats.handshake_evictions, 1, "{stats:?}");
     assert_eq!(stats.rejected.request_timeout, 1, "{stats:?}");
