@@ -213,7 +213,8 @@ fn http(
 
 fn push(server: &Server, token: Option<&str>, body: &str) -> (u16, Value) {
     let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
-    let (status, _, body) = http(server, "POST", "/push", &auth, body);
+    let headers = format!("{auth}Content-Type: application/json\r\n");
+    let (status, _, body) = http(server, "POST", "/push", &headers, body);
     (status, serde_json::from_str(&body).expect("JSON answer"))
 }
 
@@ -877,25 +878,16 @@ fn every_bad_request_gets_a_specific_error_and_the_connection_stays() {
 }
 
 #[test]
-fn full_rooms_and_a_full_server_are_errors() {
+fn a_full_server_is_an_error_and_rooms_have_no_member_cap() {
     let server = chat(Options {
-        max_members: 1,
         max_rooms: 3,
         ..opts()
     });
+    // No member cap: strangers cannot lock a room by filling it.
+    let crowd: Vec<C> = (0..20).map(|i| C::new(&server, &format!("u{i}"))).collect();
     let mut ann = C::new(&server, "ann");
-    // Lobby is full with ann in it: bob is welcomed outside it.
-    let mut raw = connect(&server.url("/ws?name=bob"));
-    let welcome: Value = serde_json::from_str(&next_text(&mut raw)).unwrap();
-    assert_eq!(welcome["rooms"], json!([]));
-    let mut bob = C {
-        ws: raw,
-        seq: welcome["seq"].as_u64().unwrap(),
-        id: welcome["you"]["id"].as_str().unwrap().to_owned(),
-        name: "bob".into(),
-        token: String::new(),
-    };
-    bob.expect_error(json!({ "type": "join", "room": "lobby" }), "room_full");
+    let mut bob = C::new(&server, "bob");
+    assert_eq!(ann.recv(), presence(&bob, "join", "lobby"));
     ann.join("x");
     bob.join("y");
     // Three rooms, none empty: no fourth.
@@ -906,10 +898,159 @@ fn full_rooms_and_a_full_server_are_errors() {
     let state = bob.join("z");
     assert_eq!(state["members"], json!([bob.me()]));
     bob.send(json!({ "type": "list_rooms" }));
+    let rooms = bob.recv()["rooms"].clone();
     assert_eq!(
-        bob.recv()["rooms"],
-        json!([{ "name": "lobby", "members": 1 }, { "name": "y", "members": 1 }, { "name": "z", "members": 1 }])
+        rooms,
+        json!([{ "name": "lobby", "members": 22 }, { "name": "y", "members": 1 }, { "name": "z", "members": 1 }])
     );
+    drop(crowd);
+}
+
+#[test]
+fn users_per_address_are_bounded() {
+    let server = chat(Options {
+        max_users_per_addr: 2,
+        ..opts()
+    });
+    let ann = C::new(&server, "ann");
+    let bob = C::new(&server, "bob");
+    // A third user from 127.0.0.1 is refused; a tab of a present user is not a new user.
+    let refused = C::try_connect(&server, "name=cleo").err().expect("refused");
+    assert_eq!(refused.0["code"], "too_many_users");
+    assert_eq!(refused.1, close::TOO_MANY_USERS);
+    let tab = ann.tab(&server);
+    // Once one is gone, another may come.
+    bob.close();
+    let mut cleo = wait_for_name(&server, "cleo");
+    cleo.expect_joined("lobby");
+    drop((ann, tab));
+}
+
+#[test]
+fn names_with_invisible_characters_are_refused() {
+    let server = chat(opts());
+    let _ann = C::new(&server, "ann");
+    // A zero-width space beside "ann", a name of only one, a right-to-left override, a line
+    // separator, a soft hyphen: none of them is a name anyone could tell apart.
+    for name in [
+        "ann%E2%80%8B",
+        "%E2%80%8B",
+        "%E2%80%AEnna",
+        "a%E2%80%A8b",
+        "an%C2%ADn",
+    ] {
+        let (error, code) = C::try_connect(&server, &format!("name={name}"))
+            .err()
+            .unwrap_or_else(|| panic!("{name} accepted"));
+        assert_eq!(error["code"], "invalid_name", "{name}");
+        assert_eq!(code, close::INVALID_NAME, "{name}");
+    }
+    // Letters and marks of any script are fine.
+    let _ = C::new(&server, "J%C3%BCrgen");
+    let _ = C::new(&server, "%E6%9D%8E");
+}
+
+#[test]
+fn push_refuses_other_sites_and_bodies_that_are_not_json() {
+    let server = chat(Options {
+        push_token: None,
+        ..opts()
+    });
+    let body = r#"{"all": true, "text": "hi"}"#;
+    // What a page of another site could send without a preflight: refused.
+    let (status, _, answer) = http(
+        &server,
+        "POST",
+        "/push",
+        "Content-Type: text/plain\r\n",
+        body,
+    );
+    assert_eq!(status, 415, "{answer}");
+    assert!(answer.contains("unsupported_media_type"), "{answer}");
+    let (status, _, answer) = http(
+        &server,
+        "POST",
+        "/push",
+        "Origin: http://evil.example\r\nContent-Type: application/json\r\n",
+        body,
+    );
+    assert_eq!(status, 403, "{answer}");
+    assert!(answer.contains("cross_origin"), "{answer}");
+    // From the chat's own page, or from a program (no Origin): accepted.
+    let own = format!(
+        "Origin: http://{}\r\nContent-Type: application/json; charset=utf-8\r\n",
+        server.addr
+    );
+    let (status, _, answer) = http(&server, "POST", "/push", &own, body);
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(push(&server, None, body).0, 200);
+}
+
+#[test]
+fn the_auth_scheme_is_case_insensitive() {
+    let server = chat(Options {
+        push_token: Some("s3cret".into()),
+        ..opts()
+    });
+    let body = r#"{"all": true, "text": "hi"}"#;
+    for scheme in ["Bearer", "bearer", "BEARER"] {
+        let headers =
+            format!("Authorization: {scheme} s3cret\r\nContent-Type: application/json\r\n");
+        let (status, _, answer) = http(&server, "POST", "/push", &headers, body);
+        assert_eq!(status, 200, "{scheme}: {answer}");
+    }
+    let headers = "Authorization: Basic s3cret\r\nContent-Type: application/json\r\n";
+    assert_eq!(http(&server, "POST", "/push", headers, body).0, 401);
+}
+
+/// `room_counts` a listener gets in 1.5 s while another user joins and leaves rooms as fast
+/// as it may, with the given budget; and the most rooms one of them listed.
+fn room_counts_under_churn(budget: usize) -> (usize, usize) {
+    let server = chat(Options {
+        room_counts_interval: Duration::from_millis(50),
+        room_counts_budget: budget,
+        max_rooms_per_user: 200,
+        burst: 10_000.0,
+        per_second: 10_000.0,
+        ..opts()
+    });
+    let mut listener = C::new(&server, "ann");
+    let others: Vec<C> = (0..9).map(|i| C::new(&server, &format!("l{i}"))).collect();
+    let mut churn = C::new(&server, "churn");
+    // 150 new rooms at once, then joins and leaves all along.
+    for i in 0..150 {
+        churn.send(json!({ "type": "join", "room": format!("r{i}") }));
+    }
+    set_timeouts(&listener.ws, Duration::from_millis(20));
+    let started = std::time::Instant::now();
+    let (mut messages, mut most_rooms) = (0, 0);
+    let mut i = 0;
+    while started.elapsed() < Duration::from_millis(1_500) {
+        let kind = if i % 2 == 0 { "leave" } else { "join" };
+        churn.send(json!({ "type": kind, "room": format!("r{}", (i / 2) % 150) }));
+        i += 1;
+        while let Ok(Message::Text(text)) = listener.ws.read() {
+            let v: Value = serde_json::from_str(&text).unwrap();
+            if v["type"] == "room_counts" {
+                messages += 1;
+                most_rooms = most_rooms.max(v["rooms"].as_array().unwrap().len());
+            }
+        }
+    }
+    drop(others);
+    (messages, most_rooms)
+}
+
+#[test]
+fn room_counts_stay_within_their_budget_whatever_the_churn() {
+    // Eleven listeners and a budget of 22 deliveries/s: one room_counts per 0.5 s at most,
+    // though the interval asks for 50 ms; at most 100 rooms per message.
+    let (bounded, most_rooms) = room_counts_under_churn(22);
+    assert!((1..=4).contains(&bounded), "{bounded} room_counts in 1.5 s");
+    assert_eq!(most_rooms, chat::ROOM_COUNTS_ROOMS);
+    // The same churn with no real budget: one per 50 ms.
+    let (unbounded, _) = room_counts_under_churn(1_000_000);
+    assert!(unbounded >= 10, "{unbounded} room_counts in 1.5 s");
 }
 
 #[test]

@@ -11,9 +11,11 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::fmt::Write as _;
+use std::net::IpAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Map, Value, json};
+use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
 use wshub::{
     CloseInfo, Config, ConnId, Ctx, Frame, Handler, Message, Reply, Request, Response,
     SlowConsumer, TimerId,
@@ -27,6 +29,9 @@ pub const LOBBY: &str = "lobby";
 /// Longest user name and room name, in characters.
 pub const MAX_NAME_CHARS: usize = 32;
 
+/// Most rooms listed in one `room_counts`.
+pub const ROOM_COUNTS_ROOMS: usize = 100;
+
 /// Close codes the chat uses (the library adds 1001, 1008, 1009, 1006).
 pub mod close {
     /// The user signed out (`sign_out`, from this tab or another of the user's).
@@ -37,6 +42,8 @@ pub mod close {
     pub const NAME_TAKEN: u16 = 4002;
     /// The user already has the most connections allowed.
     pub const TOO_MANY_CONNECTIONS: u16 = 4003;
+    /// The connection's address has the most present users allowed.
+    pub const TOO_MANY_USERS: u16 = 4004;
     /// Too many errors in the error window.
     pub const TOO_MANY_ERRORS: u16 = 4008;
     /// Too many errors in the error window, the last of them `rate_limited`.
@@ -86,10 +93,17 @@ pub struct Options {
     pub max_rooms: usize,
     /// Most rooms one user is in.
     pub max_rooms_per_user: usize,
-    /// Most members of one room.
-    pub max_members: usize,
     /// Most connections (tabs) of one user.
     pub max_connections_per_user: usize,
+    /// Most present users whose connections come from one address: with
+    /// `max_rooms_per_user`, what one address can hold of the room table (there is no cap
+    /// on a room's members, which would let strangers lock it by filling it).
+    pub max_users_per_addr: usize,
+    /// `room_counts` reach everyone signed in at most this many deliveries per second in all
+    /// (the interval stretches as listeners grow), and list at most `ROOM_COUNTS_ROOMS`
+    /// rooms each: what joins and leaves cost in output is bounded whatever the number of
+    /// listeners.
+    pub room_counts_budget: usize,
     /// Messages a connection may send in a burst (token bucket size)...
     pub burst: f64,
     /// ...and per second after it.
@@ -111,10 +125,11 @@ impl Default for Options {
             max_sessions: 50_000,
             room_counts_interval: Duration::from_secs(1),
             max_text_chars: 1000,
-            max_rooms: 1000,
+            max_rooms: 10_000,
             max_rooms_per_user: 10,
-            max_members: 1000,
             max_connections_per_user: 8,
+            max_users_per_addr: 64,
+            room_counts_budget: 2_000,
             burst: 20.0,
             per_second: 5.0,
             max_errors: 10,
@@ -141,6 +156,8 @@ struct JoinRequest {
     /// The percent-decoded `name` (None if absent or not valid percent-encoded UTF-8).
     name: Option<String>,
     token: Option<String>,
+    /// Where the connection comes from, for `max_users_per_addr`.
+    addr: Option<IpAddr>,
 }
 
 struct User {
@@ -151,6 +168,8 @@ struct User {
     conns: Vec<ConnId>,
     rooms: BTreeSet<String>,
     presence: Presence,
+    /// The address it came online from (counted in `Chat::present_by_addr` while present).
+    addr: Option<IpAddr>,
 }
 
 enum Presence {
@@ -225,6 +244,8 @@ pub struct Chat {
     /// Rooms whose member count changed since the last `room_counts`.
     counts_dirty: BTreeSet<String>,
     counts_timer: bool,
+    /// Present users per address they came online from (`max_users_per_addr`).
+    present_by_addr: HashMap<IpAddr, usize>,
     totals: Totals,
 }
 
@@ -247,6 +268,7 @@ impl Chat {
             rooms,
             counts_dirty: BTreeSet::new(),
             counts_timer: false,
+            present_by_addr: HashMap::new(),
             totals: Totals::default(),
         }
     }
@@ -471,12 +493,6 @@ impl Chat {
             self.create_room(room)?;
         }
         let r = self.rooms.get_mut(room).expect("room exists");
-        if r.members.len() >= self.opts.max_members {
-            return Err(fail(
-                "room_full",
-                format!("{room:?} has {} members", self.opts.max_members),
-            ));
-        }
         r.members.insert(key);
         r.last_active = Instant::now();
         self.users
@@ -579,28 +595,46 @@ impl Chat {
             return;
         }
         self.counts_dirty.insert(room.to_owned());
-        if !self.counts_timer {
-            self.counts_timer = true;
-            ctx.set_timer(self.opts.room_counts_interval, TIMER_ROOM_COUNTS);
-        }
+        self.arm_room_counts(ctx);
     }
 
-    /// One `room_counts` to everyone with the rooms that changed: however many joins and
-    /// leaves happened (a reconnect storm), each connection gets at most one per interval.
-    fn send_room_counts(&mut self, ctx: &mut Ctx<'_, Conn>) {
-        self.counts_timer = false;
-        if self.counts_dirty.is_empty() {
+    /// The next `room_counts` in `room_counts_interval`, stretched so that the deliveries to
+    /// every signed-in connection stay within `room_counts_budget` per second.
+    fn arm_room_counts(&mut self, ctx: &mut Ctx<'_, Conn>) {
+        if self.counts_timer || self.counts_dirty.is_empty() {
             return;
         }
-        let rooms: Vec<Value> = std::mem::take(&mut self.counts_dirty)
-            .into_iter()
-            .map(|name| match self.rooms.get(&name) {
+        self.counts_timer = true;
+        let listeners = ctx.subscriber_count(SIGNED_IN);
+        let budget = self.opts.room_counts_budget.max(1);
+        let stretched = Duration::from_secs_f64(listeners as f64 / budget as f64);
+        ctx.set_timer(
+            self.opts.room_counts_interval.max(stretched),
+            TIMER_ROOM_COUNTS,
+        );
+    }
+
+    /// One `room_counts` to everyone with (at most `ROOM_COUNTS_ROOMS` of) the rooms that
+    /// changed: however many joins and leaves happened (a reconnect storm), each connection
+    /// gets at most one per interval, of bounded size; the rest follows next interval.
+    fn send_room_counts(&mut self, ctx: &mut Ctx<'_, Conn>) {
+        self.counts_timer = false;
+        let mut rooms = Vec::new();
+        while rooms.len() < ROOM_COUNTS_ROOMS {
+            let Some(name) = self.counts_dirty.pop_first() else {
+                break;
+            };
+            rooms.push(match self.rooms.get(&name) {
                 Some(r) => json!({ "name": name, "members": r.members.len() }),
                 None => json!({ "name": name, "members": 0, "removed": true }),
-            })
-            .collect();
+            });
+        }
+        if rooms.is_empty() {
+            return;
+        }
         let v = self.stamp("room_counts", "server".into(), json!({ "rooms": rooms }));
         ctx.publish(SIGNED_IN, &Frame::text(&v.to_string()));
+        self.arm_room_counts(ctx);
     }
 
     // ----- users coming and going -----
@@ -645,13 +679,15 @@ impl Chat {
                 Presence::Offline(_) => {
                     // Back after a while: same id, possibly a new name.
                     let name = self.free_name(join.name)?;
+                    self.check_addr_quota(join.addr)?;
                     self.users.get_mut(&key).expect("user").name = name;
-                    self.come_online(key, id);
+                    self.come_online(key, id, join.addr);
                     return Ok((key, true));
                 }
             }
         }
         let name = self.free_name(join.name)?;
+        self.check_addr_quota(join.addr)?;
         // The token is a bearer secret: without the OS's randomness there is no safe one to
         // give, so the user is refused rather than given a guessable token.
         let (Ok(public_id), Ok(token)) = (random_hex(8), random_hex(16)) else {
@@ -672,14 +708,42 @@ impl Chat {
             conns: Vec::new(),
             rooms: BTreeSet::new(),
             presence: Presence::Offline(Instant::now()),
+            addr: None,
         };
         self.by_id.insert(user.id.clone(), key);
         self.by_token.insert(user.token.clone(), key);
         self.users.insert(key, user);
         self.totals.users_created += 1;
         self.forget_sessions(Instant::now());
-        self.come_online(key, id);
+        self.come_online(key, id, join.addr);
         Ok((key, true))
+    }
+
+    /// Whether one more user may come online from `addr` (`max_users_per_addr`).
+    fn check_addr_quota(&self, addr: Option<IpAddr>) -> Result<(), (Fail, u16)> {
+        let present = addr.map_or(0, |a| self.present_by_addr.get(&a).copied().unwrap_or(0));
+        if present >= self.opts.max_users_per_addr {
+            return Err((
+                fail(
+                    "too_many_users",
+                    format!("{present} users are signed in from your address: the most allowed"),
+                ),
+                close::TOO_MANY_USERS,
+            ));
+        }
+        Ok(())
+    }
+
+    /// A user stops being present: its address's count goes down.
+    fn release_addr(&mut self, addr: Option<IpAddr>) {
+        if let Some(addr) = addr {
+            if let Some(n) = self.present_by_addr.get_mut(&addr) {
+                *n -= 1;
+                if *n == 0 {
+                    self.present_by_addr.remove(&addr);
+                }
+            }
+        }
     }
 
     /// A valid name that no present user has.
@@ -697,10 +761,14 @@ impl Chat {
         Ok(name)
     }
 
-    fn come_online(&mut self, key: u64, id: ConnId) {
+    fn come_online(&mut self, key: u64, id: ConnId, addr: Option<IpAddr>) {
         let user = self.users.get_mut(&key).expect("user");
         user.presence = Presence::Online;
         user.conns.push(id);
+        user.addr = addr;
+        if let Some(addr) = addr {
+            *self.present_by_addr.entry(addr).or_default() += 1;
+        }
         self.by_name.insert(user.name.to_lowercase(), key);
         log::info!("{} ({}) is online", user.name, user.id);
     }
@@ -716,11 +784,13 @@ impl Chat {
         let now = Instant::now();
         let user = self.users.get_mut(&key).expect("user");
         user.presence = Presence::Offline(now);
+        let addr = user.addr.take();
         let lower = user.name.to_lowercase();
         log::info!("{} ({}) is offline", user.name, user.id);
         if self.by_name.get(&lower) == Some(&key) {
             self.by_name.remove(&lower);
         }
+        self.release_addr(addr);
         self.offline.push_back((key, now));
     }
 
@@ -740,6 +810,7 @@ impl Chat {
         let Some(user) = self.users.remove(&key) else {
             return;
         };
+        self.release_addr(user.addr);
         self.by_id.remove(&user.id);
         self.by_token.remove(&user.token);
         let lower = user.name.to_lowercase();
@@ -827,15 +898,39 @@ impl Chat {
         if req.method() != "POST" {
             return json_error(405, "method_not_allowed", "use POST").header("Allow", "POST");
         }
+        // A web page of another site may not push: the browser says where it comes from, and a
+        // JSON body cannot be sent across sites without a CORS preflight, which this server
+        // never approves (a form or text/plain body could: a "simple request").
+        if req.check_same_origin().is_err() {
+            return json_error(
+                403,
+                "cross_origin",
+                "pushes from pages of other sites are refused",
+            );
+        }
         if let Some(token) = &self.opts.push_token {
+            // The scheme is case-insensitive (RFC 9110 §11.1): `bearer` is `Bearer`.
             let given = req
                 .header("authorization")
-                .and_then(|h| h.strip_prefix("Bearer "))
-                .map(str::trim);
+                .and_then(|h| h.trim().split_once(' '))
+                .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+                .map(|(_, token)| token.trim());
             if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes())) {
                 return json_error(401, "unauthorized", "missing or wrong bearer token")
                     .header("WWW-Authenticate", "Bearer realm=\"chat\"");
             }
+        }
+        let json = req.header("content-type").is_some_and(|t| {
+            t.split(';')
+                .next()
+                .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
+        });
+        if !json {
+            return json_error(
+                415,
+                "unsupported_media_type",
+                "send the body as JSON, with Content-Type: application/json",
+            );
         }
         match self.push_body(ctx, req.body()) {
             Ok((delivered, seq)) => Response::json(
@@ -1216,6 +1311,7 @@ impl Handler for Chat {
                     join: Some(JoinRequest {
                         name: param("name"),
                         token: param("token"),
+                        addr: req.peer_addr().map(|a| a.ip()),
                     }),
                     user: None,
                     allowance: self.opts.burst,
@@ -1410,7 +1506,10 @@ fn check_text(text: &str, max_chars: usize) -> Result<(), Fail> {
     Ok(())
 }
 
-/// A user name: trimmed, 1 to 32 characters, no control characters.
+/// A user name: trimmed, 1 to 32 characters, none of them invisible: no control (Cc),
+/// format (Cf: zero-width and bidi controls such as U+200B or U+202E) or line and paragraph
+/// separator (Zl, Zp) characters, so `ann\u{200b}` cannot pose as `ann`, nor a name be
+/// nothing visible.
 fn check_name(name: Option<&str>) -> Result<String, Fail> {
     let Some(name) = name.map(str::trim).filter(|n| !n.is_empty()) else {
         return Err(fail(
@@ -1418,10 +1517,19 @@ fn check_name(name: Option<&str>) -> Result<String, Fail> {
             "a name is required: connect to /ws?name=YOUR_NAME",
         ));
     };
-    if name.chars().count() > MAX_NAME_CHARS || name.chars().any(char::is_control) {
+    let invisible = |c: char| {
+        matches!(
+            c.general_category(),
+            GeneralCategory::Control
+                | GeneralCategory::Format
+                | GeneralCategory::LineSeparator
+                | GeneralCategory::ParagraphSeparator
+        )
+    };
+    if name.chars().count() > MAX_NAME_CHARS || name.chars().any(invisible) {
         return Err(fail(
             "invalid_name",
-            "names are 1 to 32 characters, without control characters",
+            "names are 1 to 32 characters, without invisible, control or direction characters",
         ));
     }
     Ok(name.to_owned())
