@@ -14,12 +14,13 @@
 //! Ctrl-C or SIGTERM shuts it down gracefully (close 1001 to every connection); a second one
 //! exits at once.
 
+#[path = "support/mod.rs"]
+mod support;
+
 use std::process::ExitCode;
 use std::rc::Rc;
 
-use signal_hook::consts::{SIGINT, SIGTERM};
-use signal_hook::iterator::Signals;
-use wshub::{Config, ConnId, Ctx, Frame, Handle, Handler, Message, Reply, Request, Server};
+use wshub::{Config, ConnId, Ctx, Frame, Handler, Message, Reply, Request, Server};
 
 const USAGE: &str = "usage: broadcast [ADDR] [--filter]
 Every text message goes to everyone; with ?room=NAME on the upgrade URL, to that room.
@@ -74,38 +75,17 @@ impl Handler for Broadcast {
 }
 
 fn main() -> ExitCode {
-    let args = match parse_args() {
-        Ok(Some(args)) => args,
-        Ok(None) => {
-            println!("{USAGE}");
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            eprintln!("broadcast: {e}\n{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
-    match run(args) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("broadcast: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    support::main("broadcast", USAGE, parse_args, run)
 }
 
 fn run(Args { addr, filter }: Args) -> Result<(), String> {
-    simple_logger::SimpleLogger::new()
-        .with_level(log::LevelFilter::Info)
-        .env()
-        .init()
-        .ok();
+    support::init_logging();
     let config = Config::default()
         .max_connections(100_000)
         .max_handshakes(16_384);
     let mut server = Server::bind(&addr, config, Broadcast { filter })
         .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
-    shut_down_on_signals(server.handle()).map_err(|e| format!("cannot watch signals: {e}"))?;
+    support::shut_down_on_signals(server.handle())?;
     let local = server.local_addr().ok_or("no local address")?;
     let rooms = if filter { "filter walk" } else { "topics" };
     log::info!("broadcast server listening on ws://{local} (rooms by {rooms})");
@@ -133,22 +113,4 @@ fn parse_args() -> Result<Option<Args>, lexopt::Error> {
     }
     let addr = addr.unwrap_or_else(|| "127.0.0.1:9002".to_owned());
     Ok(Some(Args { addr, filter }))
-}
-
-/// Ctrl-C or SIGTERM: a graceful shutdown, through the handle (so the server's loop sees it
-/// as one more event); a second signal exits at once.
-fn shut_down_on_signals(handle: Handle) -> std::io::Result<()> {
-    let mut signals = Signals::new([SIGINT, SIGTERM])?;
-    std::thread::spawn(move || {
-        let mut signals = signals.forever();
-        if let Some(signal) = signals.next() {
-            let name = signal_hook::low_level::signal_name(signal).unwrap_or("signal");
-            log::info!("{name}: shutting down (again to exit at once)");
-            let _ = handle.shutdown();
-        }
-        if let Some(signal) = signals.next() {
-            std::process::exit(128 + signal);
-        }
-    });
-    Ok(())
 }

@@ -8,11 +8,12 @@
 //! Ctrl-C or SIGTERM shuts it down gracefully (close 1001 to every connection); a second one
 //! exits at once.
 
+#[path = "support/mod.rs"]
+mod support;
+
 use std::process::ExitCode;
 
-use signal_hook::consts::{SIGINT, SIGTERM};
-use signal_hook::iterator::Signals;
-use wshub::{Config, ConnId, Ctx, Frame, Handle, Handler, Message, Reply, Request, Server};
+use wshub::{Config, ConnId, Ctx, Frame, Handler, Message, Reply, Request, Server};
 
 const USAGE: &str = "usage: echo [ADDR]
 Echoes every text and binary message back to its sender, on any path.
@@ -41,39 +42,18 @@ impl Handler for Echo {
 }
 
 fn main() -> ExitCode {
-    let addr = match parse_args() {
-        Ok(Some(addr)) => addr,
-        Ok(None) => {
-            println!("{USAGE}");
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            eprintln!("echo: {e}\n{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
-    match run(addr) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("echo: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    support::main("echo", USAGE, parse_args, run)
 }
 
 fn run(addr: String) -> Result<(), String> {
-    simple_logger::SimpleLogger::new()
-        .with_level(log::LevelFilter::Info)
-        .env()
-        .init()
-        .ok();
+    support::init_logging();
     // Autobahn's 9.* cases send messages of up to 16 MiB and expect them back whole.
     let config = Config::default()
         .max_message_size(64 << 20)
         .max_backpressure(1 << 20);
     let mut server =
         Server::bind(&addr, config, Echo).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
-    shut_down_on_signals(server.handle()).map_err(|e| format!("cannot watch signals: {e}"))?;
+    support::shut_down_on_signals(server.handle())?;
     let local = server.local_addr().ok_or("no local address")?;
     log::info!("echo server listening on ws://{local}");
     server.run().map_err(|e| format!("server failed: {e}"))
@@ -92,22 +72,4 @@ fn parse_args() -> Result<Option<String>, lexopt::Error> {
         }
     }
     Ok(Some(addr.unwrap_or_else(|| "127.0.0.1:9001".to_owned())))
-}
-
-/// Ctrl-C or SIGTERM: a graceful shutdown, through the handle (so the server's loop sees it
-/// as one more event); a second signal exits at once.
-fn shut_down_on_signals(handle: Handle) -> std::io::Result<()> {
-    let mut signals = Signals::new([SIGINT, SIGTERM])?;
-    std::thread::spawn(move || {
-        let mut signals = signals.forever();
-        if let Some(signal) = signals.next() {
-            let name = signal_hook::low_level::signal_name(signal).unwrap_or("signal");
-            log::info!("{name}: shutting down (again to exit at once)");
-            let _ = handle.shutdown();
-        }
-        if let Some(signal) = signals.next() {
-            std::process::exit(128 + signal);
-        }
-    });
-    Ok(())
 }

@@ -12,6 +12,9 @@
 //! cargo run --example embed [ADDR]   # default 127.0.0.1:9003; open http://127.0.0.1:9003/
 //! ```
 
+#[path = "support/mod.rs"]
+mod support;
+
 use std::io;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -57,32 +60,11 @@ const SERVER_STOPPED: Token = Token(1);
 const TICK: Duration = Duration::from_secs(1);
 
 fn main() -> ExitCode {
-    let addr = match parse_args() {
-        Ok(Some(addr)) => addr,
-        Ok(None) => {
-            println!("{USAGE}");
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            eprintln!("embed: {e}\n{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
-    match run(addr) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("embed: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    support::main("embed", USAGE, parse_args, run)
 }
 
 fn run(addr: String) -> Result<(), String> {
-    simple_logger::SimpleLogger::new()
-        .with_level(log::LevelFilter::Info)
-        .env()
-        .init()
-        .ok();
+    support::init_logging();
 
     // The program's own loop and its sources.
     let mut poll = Poll::new().map_err(|e| format!("cannot create a poll: {e}"))?;

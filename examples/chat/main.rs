@@ -10,12 +10,12 @@
 //! The push token may also come from the environment variable `CHAT_PUSH_TOKEN`.
 
 mod chat;
+#[path = "../support/mod.rs"]
+mod support;
 
 use std::process::ExitCode;
 
-use signal_hook::consts::{SIGINT, SIGTERM};
-use signal_hook::iterator::Signals;
-use wshub::{Handle, Server};
+use wshub::Server;
 
 const USAGE: &str = "usage: chat [ADDR] [--push-token TOKEN] [--history N]
 A chat hub on one port: the page at /, the socket at /ws, POST /push, GET /stats
@@ -35,24 +35,8 @@ fn main() -> ExitCode {
             .filter(|t| !t.is_empty()),
         ..chat::Options::default()
     };
-    let addr = match parse_args(&mut opts) {
-        Ok(Some(addr)) => addr,
-        Ok(None) => {
-            println!("{USAGE}");
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            eprintln!("chat: {e}\n{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
-    match run(addr, opts) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("chat: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    let parse = || parse_args(&mut opts).map(|addr| addr.map(|addr| (addr, opts.clone())));
+    support::main("chat", USAGE, parse, |(addr, opts)| run(addr, opts))
 }
 
 fn run(addr: String, opts: chat::Options) -> Result<(), String> {
@@ -61,15 +45,11 @@ fn run(addr: String, opts: chat::Options) -> Result<(), String> {
     let mut server = Server::bind(&addr, chat::config(), chat::Chat::new(opts))
         .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
     chat::start_timers(&mut server);
-    shut_down_on_signals(server.handle()).map_err(|e| format!("cannot watch signals: {e}"))?;
+    support::shut_down_on_signals(server.handle())?;
     let local = server.local_addr().ok_or("no local address")?;
     // The one line a script (or a person) needs; logs follow.
     println!("http://{local}/");
-    simple_logger::SimpleLogger::new()
-        .with_level(log::LevelFilter::Info)
-        .env()
-        .init()
-        .ok();
+    support::init_logging();
     log::info!(
         "chat on http://{local}/ (socket /ws, POST /push {}, GET /stats); history {history} per room",
         if with_token {
@@ -102,23 +82,4 @@ fn parse_args(opts: &mut chat::Options) -> Result<Option<String>, lexopt::Error>
         }
     }
     Ok(Some(addr.unwrap_or_else(|| "127.0.0.1:8080".to_owned())))
-}
-
-/// Ctrl-C or SIGTERM: a graceful shutdown (every socket gets close 1001, and the pages
-/// reconnect to the next server); a second one exits at once. The signal reaches the
-/// server's loop through its handle, as one more event.
-fn shut_down_on_signals(handle: Handle) -> std::io::Result<()> {
-    let mut signals = Signals::new([SIGINT, SIGTERM])?;
-    std::thread::spawn(move || {
-        let mut signals = signals.forever();
-        if let Some(signal) = signals.next() {
-            let name = signal_hook::low_level::signal_name(signal).unwrap_or("signal");
-            log::info!("{name}: shutting down (again to exit at once)");
-            let _ = handle.shutdown();
-        }
-        if let Some(signal) = signals.next() {
-            std::process::exit(128 + signal);
-        }
-    });
-    Ok(())
 }
