@@ -42,7 +42,7 @@ impl Handler for Echo {
 }
 
 fn main() -> ExitCode {
-    support::main("echo", USAGE, parse_args, run)
+    support::main("echo", USAGE, || support::parse_addr("127.0.0.1:9001"), run)
 }
 
 fn run(addr: String) -> Result<(), String> {
@@ -57,19 +57,4 @@ fn run(addr: String) -> Result<(), String> {
     let local = server.local_addr().ok_or("no local address")?;
     log::info!("echo server listening on ws://{local}");
     server.run().map_err(|e| format!("server failed: {e}"))
-}
-
-/// `[ADDR]`, or `None` for `--help`.
-fn parse_args() -> Result<Option<String>, lexopt::Error> {
-    use lexopt::prelude::*;
-    let mut addr = None;
-    let mut parser = lexopt::Parser::from_env();
-    while let Some(arg) = parser.next()? {
-        match arg {
-            Short('h') | Long("help") => return Ok(None),
-            Value(value) if addr.is_none() => addr = Some(value.string()?),
-            _ => return Err(arg.unexpected()),
-        }
-    }
-    Ok(Some(addr.unwrap_or_else(|| "127.0.0.1:9001".to_owned())))
 }

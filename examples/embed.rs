@@ -60,7 +60,12 @@ const SERVER_STOPPED: Token = Token(1);
 const TICK: Duration = Duration::from_secs(1);
 
 fn main() -> ExitCode {
-    support::main("embed", USAGE, parse_args, run)
+    support::main(
+        "embed",
+        USAGE,
+        || support::parse_addr("127.0.0.1:9003"),
+        run,
+    )
 }
 
 fn run(addr: String) -> Result<(), String> {
@@ -161,19 +166,4 @@ fn tick(handle: &Handle) {
     let text = format!("{h:02}:{m:02}:{s:02} UTC, {listeners} listening");
     // A full command channel only skips this tick; a stopped server ends the loop anyway.
     let _ = handle.broadcast(&Frame::text(&text));
-}
-
-/// `[ADDR]`, or `None` for `--help`.
-fn parse_args() -> Result<Option<String>, lexopt::Error> {
-    use lexopt::prelude::*;
-    let mut addr = None;
-    let mut parser = lexopt::Parser::from_env();
-    while let Some(arg) = parser.next()? {
-        match arg {
-            Short('h') | Long("help") => return Ok(None),
-            Value(value) if addr.is_none() => addr = Some(value.string()?),
-            _ => return Err(arg.unexpected()),
-        }
-    }
-    Ok(Some(addr.unwrap_or_else(|| "127.0.0.1:9003".to_owned())))
 }

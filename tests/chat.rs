@@ -1292,11 +1292,10 @@ fn push_without_a_configured_token_needs_none() {
     assert_eq!(ann.recv()["text"], "hi");
 }
 
-#[test]
-fn stats_report_the_server_and_the_chat() {
-    let server = chat(opts());
-    let mut ann = C::new(&server, "ann");
-    let mut bob = C::new(&server, "bob");
+/// ann and bob in the lobby, a room message, a DM, an error, and bob in #rust too.
+fn some_traffic(server: &Server) -> (C, C) {
+    let mut ann = C::new(server, "ann");
+    let mut bob = C::new(server, "bob");
     ann.recv();
     ann.say("lobby", "one");
     ann.recv();
@@ -1306,6 +1305,13 @@ fn stats_report_the_server_and_the_chat() {
     bob.recv();
     ann.expect_error(json!({ "type": "nope" }), "unknown_type");
     bob.join("rust");
+    (ann, bob)
+}
+
+#[test]
+fn stats_report_the_server_and_the_chat() {
+    let server = chat(opts());
+    let _clients = some_traffic(&server);
     http(&server, "GET", "/missing", "", "");
     let (status, head, body) = http(&server, "GET", "/stats", "", "");
     assert_eq!(status, 200);
@@ -1482,17 +1488,7 @@ fn stats_json(server: &Server) -> Value {
 #[test]
 fn metrics_are_the_stats_in_the_prometheus_text_format() {
     let server = chat(opts());
-    let mut ann = C::new(&server, "ann");
-    let mut bob = C::new(&server, "bob");
-    ann.recv();
-    ann.say("lobby", "one");
-    ann.recv();
-    bob.recv();
-    ann.send(json!({ "type": "dm", "to": "bob", "text": "two" }));
-    ann.recv();
-    bob.recv();
-    ann.expect_error(json!({ "type": "nope" }), "unknown_type");
-    bob.join("rust");
+    let (mut ann, mut bob) = some_traffic(&server);
     push(&server, None, r#"{"room":"lobby","text":"three"}"#);
     ann.recv();
     bob.recv();

@@ -36,6 +36,22 @@ pub fn main<A>(
     }
 }
 
+/// `[ADDR]` alone (with `default`), or `None` for `--help`: the command line of an example
+/// that takes nothing else.
+pub fn parse_addr(default: &str) -> Result<Option<String>, lexopt::Error> {
+    use lexopt::prelude::*;
+    let mut addr = None;
+    let mut parser = lexopt::Parser::from_env();
+    while let Some(arg) = parser.next()? {
+        match arg {
+            Short('h') | Long("help") => return Ok(None),
+            Value(value) if addr.is_none() => addr = Some(value.string()?),
+            _ => return Err(arg.unexpected()),
+        }
+    }
+    Ok(Some(addr.unwrap_or_else(|| default.to_owned())))
+}
+
 /// The library logs through `log`: without a logger nothing shows. `RUST_LOG` overrides
 /// the level.
 pub fn init_logging() {
