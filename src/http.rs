@@ -177,7 +177,7 @@ impl<'a> Request<'a> {
             .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
             .filter_map(|(_, v)| std::str::from_utf8(v).ok())
             .flat_map(|v| v.split(','))
-            .map(str::trim)
+            .map(trim_ows)
             .filter(|t| !t.is_empty())
     }
 }
@@ -426,7 +426,7 @@ pub(crate) fn parse(buf: &[u8], peer: Option<SocketAddr>) -> Option<Request<'_>>
             .iter()
             .find(|h| h.name.eq_ignore_ascii_case("host"))
             .and_then(|h| std::str::from_utf8(h.value).ok())
-            .map(str::trim)
+            .map(trim_ows)
     });
     Some(Request {
         method,
@@ -538,6 +538,13 @@ fn form_decode(s: &str) -> Option<Cow<'_, str>> {
     Some(Cow::Owned(decoded.into_owned()))
 }
 
+/// A field value without its optional whitespace: SP and HTAB only (RFC 9110 §5.6.3), not
+/// the Unicode whitespace `str::trim` also removes (U+00A0, U+0085, U+3000, ...), which
+/// would let `Content-Length: 5<U+00A0>` frame a body a stricter peer frames differently.
+fn trim_ows(s: &str) -> &str {
+    s.trim_matches([' ', '\t'])
+}
+
 /// The length of the head: up to and including the empty line that ends it. Lines end in
 /// CRLF, or in a bare LF, which httparse (and RFC 9112 §2.2) tolerates too.
 fn find_head_end(buf: &[u8]) -> Option<usize> {
@@ -568,7 +575,7 @@ fn body_length(headers: &[httparse::Header<'_>]) -> Result<usize, Response> {
         if h.name.eq_ignore_ascii_case("content-length") {
             let parsed = std::str::from_utf8(h.value)
                 .ok()
-                .map(str::trim)
+                .map(trim_ows)
                 // Digits only (RFC 9110 §8.6): `parse` would also take "+5".
                 .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
                 .and_then(|v| v.parse::<usize>().ok())
@@ -643,12 +650,12 @@ pub(crate) fn validate_upgrade(req: &Request<'_>) -> Result<String, HandshakeErr
     {
         return Err(HandshakeError::NoConnectionUpgrade);
     }
-    if req.header("sec-websocket-version").map(str::trim) != Some("13") {
+    if req.header("sec-websocket-version").map(trim_ows) != Some("13") {
         return Err(HandshakeError::Version);
     }
     let key = req
         .header("sec-websocket-key")
-        .map(str::trim)
+        .map(trim_ows)
         .ok_or(HandshakeError::Key)?;
     if !is_base64_of_16_bytes(key) {
         return Err(HandshakeError::Key);
