@@ -21,7 +21,9 @@ use tungstenite::protocol::WebSocketConfig;
 
 pub(crate) use outbox::{Flush, Kind, Outbox};
 
-use crate::server::AddrSlot;
+/// A connection's place in the loop's table of source addresses (`server::admission`),
+/// kept by the connection so its address is counted out when it goes.
+pub(crate) type AddrSlot = u32;
 pub(crate) use session::{Fed, Session};
 
 /// Where a connection is in its life. See the module docs for the transitions.

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use slab::Slab;
 
+use crate::connection::AddrSlot;
 use crate::{Config, ConnId};
 
 /// How many handshakes from the front of the queue are examined for a silent one before the
@@ -55,9 +56,6 @@ impl Refusal {
         }
     }
 }
-
-/// A socket's place in the per-address table, kept by its connection.
-pub(crate) type AddrSlot = u32;
 
 impl Admission {
     pub(crate) fn handshaking(&self) -> usize {

@@ -14,7 +14,6 @@ use slab::Slab;
 use tungstenite::protocol::WebSocketConfig;
 
 use super::admission::Admission;
-use super::timeouts::StallProbe;
 use super::turn::TurnBuffer;
 use crate::connection::{Connection, Phase};
 use crate::frame::sendable_close_code;
@@ -72,12 +71,21 @@ pub(crate) struct Shared<D> {
     pub(crate) codec_out: Vec<u8>,
     /// Who gets a socket and a handshake slot.
     pub(crate) admission: Admission,
-    /// Connections whose write stall is being judged (see `server::timeouts`): few.
+    /// Connections whose write stall is being judged (`server::timeouts`): few.
     pub(crate) stall_probes: HashMap<ConnId, StallProbe>,
     pub(crate) shutdown_requested: bool,
     started: Instant,
     /// The current tick (ms since `started`), read once per loop turn.
     pub(crate) now: u64,
+}
+
+/// A connection whose stall is being judged: what the kernel had not had acknowledged when
+/// the judging began.
+pub(crate) struct StallProbe {
+    /// `last_write` then: a write since makes the probe void.
+    pub(crate) last_write: u64,
+    pub(crate) at: u64,
+    pub(crate) unacked: usize,
 }
 
 impl<D> Core<D> {

@@ -26,7 +26,6 @@ use std::time::Duration;
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
 
-pub(crate) use self::admission::AddrSlot;
 pub(crate) use self::core::Core;
 pub use self::core::Delivery;
 use crate::handle::{self, Command, Commands};

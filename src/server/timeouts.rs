@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::core::{Shared, millis};
+use super::core::{Shared, StallProbe, millis};
 use super::{Server, abnormal};
 use crate::connection::{Connection, Phase};
 use crate::timers::TimerKey;
@@ -63,15 +63,6 @@ enum Stall {
     Stalled,
     /// The socket failed.
     Failed,
-}
-
-/// A connection whose stall is being judged: what the kernel had not had acknowledged when
-/// the judging began.
-pub(crate) struct StallProbe {
-    /// `last_write` then: a write since makes the probe void.
-    last_write: u64,
-    at: u64,
-    unacked: usize,
 }
 
 impl<D> Shared<D> {
