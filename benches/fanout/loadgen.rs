@@ -234,7 +234,7 @@ impl ClientPool {
         let stream_type = Type::from(libc::SOCK_STREAM | libc::SOCK_NONBLOCK);
         let socket = Socket::new(Domain::IPV4, stream_type, Some(Protocol::TCP))?;
         socket.set_tcp_nodelay(true)?;
-        set_bind_address_no_port(&socket)?;
+        crate::sys::set_bind_address_no_port(&socket)?;
         socket.bind(&SockAddr::from(SocketAddr::new(IpAddr::V4(source), 0)))?;
         match socket.connect(&SockAddr::from(self.server)) {
             Ok(()) => {}
@@ -602,28 +602,6 @@ fn parse_upgrade_response(buf: &[u8], expected_accept: &str) -> Result<Option<us
         ));
     }
     Ok(Some(len))
-}
-
-/// Lets the kernel pick the source port at connect time, per 4-tuple, so
-/// many connections from one source address don't exhaust ephemeral ports.
-fn set_bind_address_no_port(socket: &Socket) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let one: libc::c_int = 1;
-    // SAFETY: valid fd, pointer and length of a c_int option value.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::IPPROTO_IP,
-            libc::IP_BIND_ADDRESS_NO_PORT,
-            (&one as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
 }
 
 /// When the fixed-rate pacing wants the next message out.

@@ -31,7 +31,7 @@ pub fn connect(
     if let Some(n) = rcvbuf {
         socket.set_recv_buffer_size(n)?;
     }
-    set_bind_address_no_port(&socket)?;
+    crate::sys::set_bind_address_no_port(&socket)?;
     socket.bind(&SockAddr::from(SocketAddr::new(IpAddr::V4(source), 0)))?;
     match socket.connect(&SockAddr::from(server)) {
         Ok(()) => {}
@@ -39,29 +39,6 @@ pub fn connect(
         Err(e) => return Err(e),
     }
     Ok(TcpStream::from_std(socket.into()))
-}
-
-/// Lets the kernel pick the source port at connect time, per 4-tuple, so
-/// many connections from one source address don't exhaust ephemeral ports
-/// (as benches/fanout/loadgen.rs does).
-fn set_bind_address_no_port(socket: &Socket) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let one: libc::c_int = 1;
-    // SAFETY: valid fd, pointer and length of a c_int option value.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::IPPROTO_IP,
-            libc::IP_BIND_ADDRESS_NO_PORT,
-            (&one as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
 }
 
 /// Makes the next close of `stream` send a TCP reset instead of a FIN.
