@@ -2,8 +2,11 @@
 //! The Autobahn|Testsuite testee.
 //!
 //! ```sh
-//! cargo run --release --example echo [ADDR]   # default 127.0.0.1:9001
+//! cargo run --release --example echo [ADDR] [--deflate dedicated|shared|off]
 //! ```
+//!
+//! permessage-deflate is negotiated with clients that offer it: by default in dedicated mode
+//! (a compressor per connection, context kept: an echo is a per-connection stream).
 //!
 //! Ctrl-C or SIGTERM shuts it down gracefully (close 1001 to every connection); a second one
 //! exits at once.
@@ -13,12 +16,14 @@ mod support;
 
 use std::process::ExitCode;
 
-use wshub::{Config, ConnId, Ctx, Frame, Handler, Message, Reply, Request, Server};
+use wshub::{Compression, Config, ConnId, Ctx, Frame, Handler, Message, Reply, Request, Server};
 
-const USAGE: &str = "usage: echo [ADDR]
+const USAGE: &str = "usage: echo [ADDR] [--deflate MODE]
 Echoes every text and binary message back to its sender, on any path.
-  ADDR        listen address (default 127.0.0.1:9001; port 0 picks a free port)
-  -h, --help  this text
+  ADDR            listen address (default 127.0.0.1:9001; port 0 picks a free port)
+  --deflate MODE  permessage-deflate for clients that offer it: dedicated (default; a
+                  compressor per connection), shared (one compression per message), off
+  -h, --help      this text
 Logs to stdout (RUST_LOG=debug for more). Ctrl-C or SIGTERM shuts down gracefully.";
 
 struct Echo;
@@ -41,16 +46,54 @@ impl Handler for Echo {
     }
 }
 
-fn main() -> ExitCode {
-    support::main("echo", USAGE, || support::parse_addr("127.0.0.1:9001"), run)
+struct Args {
+    addr: String,
+    deflate: Option<Compression>,
 }
 
-fn run(addr: String) -> Result<(), String> {
+fn main() -> ExitCode {
+    support::main("echo", USAGE, parse_args, run)
+}
+
+fn parse_args() -> Result<Option<Args>, lexopt::Error> {
+    use lexopt::prelude::*;
+    let mut args = Args {
+        addr: "127.0.0.1:9001".to_owned(),
+        deflate: Some(Compression::dedicated(15)),
+    };
+    let mut addr = None;
+    let mut parser = lexopt::Parser::from_env();
+    while let Some(arg) = parser.next()? {
+        match arg {
+            Short('h') | Long("help") => return Ok(None),
+            Long("deflate") => {
+                args.deflate = match parser.value()?.string()?.as_str() {
+                    "dedicated" => Some(Compression::dedicated(15)),
+                    "shared" => Some(Compression::shared()),
+                    "off" => None,
+                    other => return Err(format!("unknown --deflate mode {other:?}").into()),
+                }
+            }
+            Value(value) if addr.is_none() => addr = Some(value.string()?),
+            _ => return Err(arg.unexpected()),
+        }
+    }
+    if let Some(addr) = addr {
+        args.addr = addr;
+    }
+    Ok(Some(args))
+}
+
+fn run(args: Args) -> Result<(), String> {
     support::init_logging();
+    let addr = args.addr;
     // Autobahn's 9.* cases send messages of up to 16 MiB and expect them back whole.
-    let config = Config::default()
+    let mut config = Config::default()
         .max_message_size(64 << 20)
         .max_backpressure(1 << 20);
+    if let Some(deflate) = args.deflate {
+        config = config.compression(deflate);
+    }
     let mut server =
         Server::bind(&addr, config, Echo).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
     support::shut_down_on_signals(server.handle())?;

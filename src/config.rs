@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use crate::Compression;
+
 /// What to do with a data frame that would push a connection's send queue over
 /// [`Config::max_backpressure`].
 ///
@@ -44,7 +46,7 @@ pub struct Config {
     pub(crate) max_request_bytes: usize,
     pub(crate) max_body_bytes: usize,
     pub(crate) max_message_size: usize,
-    pub(crate) read_buffer_size: usize,
+    pub(crate) compression: Option<Compression>,
     pub(crate) max_backpressure: usize,
     pub(crate) drain_watermark: usize,
     pub(crate) slow_consumer: SlowConsumer,
@@ -70,7 +72,7 @@ impl Default for Config {
             max_request_bytes: 8 * 1024,
             max_body_bytes: 64 * 1024,
             max_message_size: 1024 * 1024,
-            read_buffer_size: 1024,
+            compression: None,
             max_backpressure: 256 * 1024,
             drain_watermark: 64 * 1024,
             slow_consumer: SlowConsumer::Close,
@@ -162,13 +164,12 @@ impl Config {
         self
     }
 
-    /// Initial size of the frame decoder's input buffer, allocated when a connection first
-    /// sends a frame (an idle connection has none). The server reads every socket into one
-    /// shared 64 KiB buffer and hands the bytes over, so this only needs to hold the frames
-    /// in flight; it grows for a larger frame. tungstenite's own default is 128 KiB, which
-    /// would cost 128 KiB per active connection. Default **1 KiB**.
-    pub fn read_buffer_size(mut self, n: usize) -> Config {
-        self.read_buffer_size = n;
+    /// Offer permessage-deflate (RFC 7692) to clients that ask for it: see
+    /// [`Compression`] for the two modes. [`max_message_size`](Config::max_message_size)
+    /// bounds a message once inflated, so a compression bomb is a 1009 after at most that
+    /// many bytes. Default: **off** (every frame plain).
+    pub fn compression(mut self, compression: Compression) -> Config {
+        self.compression = Some(compression);
         self
     }
 

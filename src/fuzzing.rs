@@ -3,14 +3,14 @@
 //!
 //! Each item is a thin wrapper over the crate-internal code the server runs on bytes it
 //! read, with the configuration the server would derive from a [`Config`]: the request scan
-//! and parser of `http.rs`, and an open connection's decoder (`connection::Session`, which
-//! drives tungstenite's decoder and the frame-boundary tracker). The harnesses, which chop
+//! and parser of `http.rs`, and an open connection's decoder (`connection::Session`: the frame decoder and
+//! the inflating of compressed messages). The harnesses, which chop
 //! the input into reads and check what comes out, live in `tests/fuzz/`.
 
-use crate::connection::{Fed, Session};
+use crate::connection::{Fed, FeedContext, Session};
+use crate::deflate::{Agreed, Inflating, PerConnection};
 use crate::http;
-use crate::server::Core;
-use crate::{Config, Message, Request};
+use crate::{Config, Message, Request, Stats};
 
 /// What [`RequestScan::progress`] found (`http::Progress`, with the refusal's status).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -101,22 +101,42 @@ pub enum Outcome {
     },
 }
 
-/// An open connection's read side (`connection::Session`) with the tungstenite
-/// configuration the server derives from a [`Config`].
+/// An open connection's read side (`connection::Session`: the frame decoder and the
+/// inflating of compressed messages), with the limits the server takes from a [`Config`].
 pub struct Decoder {
     session: Session<()>,
-    ws_config: tungstenite::protocol::WebSocketConfig,
+    max_message: usize,
+    inflating: Inflating,
+    stats: Stats,
+    /// Bytes that came after the request, fed before the first read.
+    pipelined: Vec<u8>,
+    /// The server has sent its close frame.
+    closing: bool,
 }
 
 impl Decoder {
     /// A connection just upgraded; `pipelined` are the bytes that came after the request
-    /// in the same read (the server then calls [`feed`](Decoder::feed) with nothing).
-    pub fn new(config: &Config, pipelined: Vec<u8>) -> Decoder {
-        // The very configuration the server uses (built in `Core::new`).
-        let ws_config = Core::<()>::new(config.clone()).shared.ws_config;
+    /// in the same read (decoded at the first [`feed`](Decoder::feed)). With `deflate`,
+    /// permessage-deflate was agreed with these parameters (client context takeover, 15-bit
+    /// windows) and compressed messages are inflated.
+    pub fn new(config: &Config, pipelined: Vec<u8>, deflate: bool) -> Decoder {
+        let agreed = deflate.then(|| {
+            Box::new(PerConnection::new(Agreed {
+                server_no_context_takeover: true,
+                client_no_context_takeover: false,
+                server_window_bits: 15,
+                client_window_bits: 15,
+                answer_server_window: false,
+                answer_client_window: false,
+            }))
+        });
         Decoder {
-            session: Session::new((), pipelined, &ws_config),
-            ws_config,
+            session: Session::new((), agreed),
+            max_message: config.max_message_size,
+            inflating: Inflating::default(),
+            stats: Stats::default(),
+            pipelined,
+            closing: false,
         }
     }
 
@@ -128,18 +148,24 @@ impl Decoder {
         out: &mut Vec<u8>,
         messages: &mut Vec<Message>,
     ) -> Outcome {
-        match self.session.feed(&self.ws_config, input, out, messages) {
+        let mut bytes = std::mem::take(&mut self.pipelined);
+        bytes.extend_from_slice(input);
+        let cx = FeedContext {
+            max_message: self.max_message,
+            closing: self.closing,
+            inflating: &mut self.inflating,
+            stats: &mut self.stats,
+        };
+        match self.session.feed(cx, &bytes, out, messages) {
             Fed::More => Outcome::More,
-            Fed::PeerClosed(frame) => {
-                Outcome::PeerClosed(frame.map(|f| (u16::from(f.code), f.reason.to_string())))
-            }
+            Fed::PeerClosed(close) => Outcome::PeerClosed(close),
             Fed::Failed { code, reason } => Outcome::Failed { code, reason },
         }
     }
 
-    /// `Session::close`: the server starts a close (the connection goes on being read until
-    /// the peer answers).
+    /// `Session::close`: the server starts a close.
     pub fn close(&mut self, code: u16, reason: &str, out: &mut Vec<u8>) {
-        self.session.close(&self.ws_config, code, reason, out);
+        self.session.close(code, reason, out);
+        self.closing = true;
     }
 }

@@ -292,6 +292,10 @@ pub enum Reply<D> {
         data: D,
         /// The subprotocol to confirm in `Sec-WebSocket-Protocol`.
         protocol: Option<String>,
+        /// Whether to negotiate permessage-deflate, if the client offers it and
+        /// [`Config::compression`](crate::Config::compression) is set: `false` refuses the
+        /// offer for this connection (its frames go plain). [`Reply::accept`] says `true`.
+        compress: bool,
     },
     /// Answer with this response and close the connection: a page, an API answer, or a
     /// refusal (e.g. 404, 403).
@@ -304,6 +308,7 @@ impl<D> Reply<D> {
         Reply::Accept {
             data,
             protocol: None,
+            compress: true,
         }
     }
 }
@@ -664,13 +669,20 @@ pub(crate) fn validate_upgrade(req: &Request<'_>) -> Result<String, HandshakeErr
 }
 
 /// The 101 answer.
-pub(crate) fn switching_protocols(accept_key: &str, protocol: Option<&str>) -> Bytes {
+pub(crate) fn switching_protocols(
+    accept_key: &str,
+    protocol: Option<&str>,
+    extensions: Option<&str>,
+) -> Bytes {
     let mut head = format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Accept: {accept_key}\r\n"
     );
     if let Some(p) = protocol {
         head.push_str(&format!("Sec-WebSocket-Protocol: {p}\r\n"));
+    }
+    if let Some(e) = extensions {
+        head.push_str(&format!("Sec-WebSocket-Extensions: {e}\r\n"));
     }
     head.push_str("\r\n");
     Bytes::from(head)

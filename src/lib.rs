@@ -67,6 +67,7 @@
 mod config;
 mod connection;
 mod context;
+mod deflate;
 mod error;
 mod frame;
 /// Socket-free entry points for the fuzzers in `tests/fuzz/`; not part of the API.
@@ -85,6 +86,7 @@ mod topics;
 pub use bytes::Bytes;
 pub use config::{Config, SlowConsumer};
 pub use context::Ctx;
+pub use deflate::Compression;
 pub use error::{HandleError, SendError};
 pub use frame::Frame;
 pub use handle::Handle;

@@ -84,6 +84,20 @@ pub struct Stats {
     pub bytes_in: u64,
     /// Data frames queued, counted once per recipient.
     pub messages_out: u64,
+    /// Of [`messages_out`](Stats::messages_out), those queued compressed
+    /// (permessage-deflate).
+    pub compressed_out: u64,
+    /// Messages compressed: once per message in shared mode (however many recipients),
+    /// once per recipient in dedicated mode.
+    pub compressions: u64,
+    /// Payload bytes that went into those compressions.
+    pub compress_bytes_in: u64,
+    /// Bytes those compressions produced (payload only).
+    pub compress_bytes_out: u64,
+    /// Compressed payload bytes received (permessage-deflate).
+    pub inflate_bytes_in: u64,
+    /// What they inflated to.
+    pub inflate_bytes_out: u64,
     /// Bytes written to sockets (frames, control frames, HTTP).
     pub bytes_out: u64,
     /// Bytes queued for all connections now.
@@ -107,7 +121,7 @@ pub struct Stats {
     /// Connections closed because their queue did not drain at all for too long.
     pub write_stall_timeouts: u64,
     /// Connections failed while decoding what the peer sent (close codes 1002 protocol
-    /// error, 1007 invalid UTF-8, 1009 too big, 1011 other decoder errors).
+    /// error, 1007 invalid UTF-8 or compressed data, 1009 too big, inflated or not).
     pub protocol_errors: u64,
     /// Handler callbacks that panicked (caught under
     /// [`Config::catch_panics`](crate::Config::catch_panics)).

@@ -57,6 +57,7 @@ impl Handler for App {
         let pick = |p: &str| Reply::Accept {
             data: (),
             protocol: Some(p.to_owned()),
+            compress: true,
         };
         match req.path() {
             "/ws" => Reply::accept(()),

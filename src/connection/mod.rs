@@ -12,19 +12,18 @@
 //! Timeouts and I/O errors remove a connection from any phase. `on_close` runs when a
 //! connection leaves Open/Closing, exactly once.
 
-mod boundary;
+mod decoder;
 pub(crate) mod outbox;
 mod session;
 
 use mio::net::TcpStream;
-use tungstenite::protocol::WebSocketConfig;
 
 pub(crate) use outbox::{Flush, Kind, Outbox};
 
 /// A connection's place in the loop's table of source addresses (`server::admission`),
 /// kept by the connection so its address is counted out when it goes.
 pub(crate) type AddrSlot = u32;
-pub(crate) use session::{Fed, Session};
+pub(crate) use session::{Fed, FeedContext, Session};
 
 /// Where a connection is in its life. See the module docs for the transitions.
 pub(crate) enum Phase<D> {
@@ -170,14 +169,12 @@ impl<D> Connection<D> {
         true
     }
 
-    /// Open → Closing: the close frame (through the decoder, so it expects the reply) goes
-    /// into `codec_out`. Returns false (and changes nothing) in any other phase.
+    /// Open → Closing: the close frame goes into `codec_out`. Returns false (and changes nothing) in any other phase.
     pub(crate) fn start_close(
         &mut self,
         now: u64,
         code: u16,
         reason: &str,
-        config: &WebSocketConfig,
         codec_out: &mut Vec<u8>,
     ) -> bool {
         if !self.is_open() {
@@ -187,12 +184,12 @@ impl<D> Connection<D> {
         let Phase::Open(mut session) = std::mem::replace(&mut self.phase, lingering(now)) else {
             return false;
         };
-        session.close(config, code, reason, codec_out);
+        session.close(code, reason, codec_out);
         self.phase = Phase::Closing {
             session,
             since: now,
             code,
-            reason: session::truncate(reason, 123).to_owned(),
+            reason: crate::frame::truncate(reason, 123).to_owned(),
         };
         true
     }

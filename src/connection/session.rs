@@ -1,30 +1,26 @@
-//! An open WebSocket's read side: tungstenite's frame decoder, fed the bytes the server
-//! read, yielding messages and the control frames it owes the peer (pongs, close replies).
-//! It never touches the socket.
+//! An open WebSocket's read side: the frame decoder fed the bytes the server read, the
+//! inflating of compressed messages, and the control frames owed in answer (pongs, the reply
+//! to a close). It never touches the socket.
 
-use std::io::{self, Read, Write};
+use bytes::Bytes;
 
-use tungstenite::protocol::frame::CloseFrame;
-use tungstenite::protocol::frame::coding::CloseCode;
-use tungstenite::protocol::{Role, WebSocketConfig, WebSocketContext};
-
-use super::boundary::Boundary;
+use super::decoder::{Decoded, Decoder, Failure};
+use crate::Utf8Bytes;
+use crate::deflate::{InflateFailure, Inflating, PerConnection};
+use crate::frame;
 use crate::handler::Message;
+use crate::stats::Stats;
 
 /// An open WebSocket.
 pub(crate) struct Session<D> {
-    /// tungstenite's decoder and control-frame state machine, created when the peer first
-    /// sends something: an idle connection holds no decode buffer.
-    codec: Option<Box<Codec>>,
+    /// The frame decoder, while it holds something (a frame or message under way): an idle
+    /// connection holds none.
+    decoder: Option<Box<Decoder>>,
+    /// permessage-deflate, if it was negotiated.
+    pub(crate) deflate: Option<Box<PerConnection>>,
     pub(crate) data: D,
     /// When the server sent a keepalive ping that has not been answered by anything yet.
     pub(crate) ping_sent: Option<u64>,
-}
-
-/// tungstenite's decoder with the tracker that tells when it holds nothing.
-struct Codec {
-    ws: WebSocketContext,
-    boundary: Boundary,
 }
 
 /// What feeding bytes to a session produced, besides messages.
@@ -32,170 +28,144 @@ struct Codec {
 pub(crate) enum Fed {
     /// All bytes consumed; wait for more.
     More,
-    /// The peer's close frame arrived (the reply, if one is due, is in `codec_out`).
-    PeerClosed(Option<CloseFrame>),
+    /// The peer's close frame arrived, with its code and reason (the reply, if one is due,
+    /// is in `codec_out`).
+    PeerClosed(Option<(u16, String)>),
     /// The peer broke the protocol; a close frame with this code is in `codec_out`.
     Failed { code: u16, reason: String },
 }
 
+/// What decoding needs from the loop.
+pub(crate) struct FeedContext<'a> {
+    /// Largest message, inflated or not (`Config::max_message_size`).
+    pub(crate) max_message: usize,
+    /// The server has sent its close frame: nothing more may follow it.
+    pub(crate) closing: bool,
+    /// The loop's decompressor for peers that reset theirs after every message.
+    pub(crate) inflating: &'a mut Inflating,
+    pub(crate) stats: &'a mut Stats,
+}
+
 impl<D> Session<D> {
-    /// `pipelined` are bytes that came right after the HTTP request: the start of the stream.
-    pub(crate) fn new(data: D, pipelined: Vec<u8>, config: &WebSocketConfig) -> Session<D> {
-        let codec = (!pipelined.is_empty()).then(|| {
-            let mut boundary = Boundary::default();
-            boundary.scan(&pipelined);
-            Box::new(Codec {
-                ws: WebSocketContext::from_partially_read(pipelined, Role::Server, Some(*config)),
-                boundary,
-            })
-        });
+    pub(crate) fn new(data: D, deflate: Option<Box<PerConnection>>) -> Session<D> {
         Session {
-            codec,
+            decoder: None,
+            deflate,
             data,
             ping_sent: None,
         }
     }
 
-    fn codec(&mut self, config: &WebSocketConfig) -> &mut Codec {
-        self.codec.get_or_insert_with(|| {
-            Box::new(Codec {
-                ws: WebSocketContext::new(Role::Server, Some(*config)),
-                boundary: Boundary::default(),
-            })
-        })
-    }
-
-    /// Decodes `input`, appending complete messages to `messages` and every byte tungstenite
-    /// wants to send (pongs, close replies) to `codec_out`.
+    /// Decodes `input`, appending complete messages to `messages` and the control frames
+    /// owed to the peer to `codec_out`.
     pub(crate) fn feed(
         &mut self,
-        config: &WebSocketConfig,
-        input: &[u8],
+        cx: FeedContext<'_>,
+        mut input: &[u8],
         codec_out: &mut Vec<u8>,
         messages: &mut Vec<Message>,
     ) -> Fed {
-        let Codec {
-            ws: codec,
-            boundary,
-        } = self.codec(config);
-        boundary.scan(input);
-        let mut io = Io {
-            input,
-            output: codec_out,
-        };
+        let rsv1 = self.deflate.is_some();
         loop {
-            match codec.read(&mut io) {
-                Ok(tungstenite::Message::Text(text)) => messages.push(Message::Text(text)),
-                Ok(tungstenite::Message::Binary(data)) => messages.push(Message::Binary(data)),
-                // tungstenite queues the pong itself; any frame already counts as a sign of life.
-                Ok(tungstenite::Message::Ping(_) | tungstenite::Message::Pong(_)) => {}
-                Ok(tungstenite::Message::Frame(_)) => {}
-                Ok(tungstenite::Message::Close(frame)) => {
-                    // Moves the queued close reply (if any) into `codec_out`. The codec then
-                    // reports the connection closed, which is exactly what we know already.
-                    let _ = codec.flush(&mut io);
-                    return Fed::PeerClosed(frame);
+            let decoder = self.decoder.get_or_insert_with(Box::default);
+            let decoded = match decoder.decode(&mut input, cx.max_message, rsv1) {
+                Ok(Some(decoded)) => decoded,
+                Ok(None) => break,
+                Err(failure) => return self.fail(failure, cx.closing, codec_out),
+            };
+            match decoded {
+                Decoded::Message {
+                    text,
+                    compressed,
+                    payload,
+                } => {
+                    let message = if compressed {
+                        self.inflate(&payload, cx.max_message, cx.inflating, cx.stats)
+                    } else {
+                        Ok(payload)
+                    }
+                    .and_then(|payload| message(text, payload));
+                    match message {
+                        Ok(message) => messages.push(message),
+                        Err(failure) => return self.fail(failure, cx.closing, codec_out),
+                    }
                 }
-                Err(tungstenite::Error::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.shed_large_codec(config);
-                    return Fed::More;
-                }
-                Err(e) => {
-                    let (code, reason) = failure(&e);
-                    let frame = CloseFrame {
-                        code: CloseCode::from(code),
-                        reason: reason.clone().into(),
-                    };
-                    // Best effort: if the codec is past the point of sending, nothing goes out.
-                    let _ = codec.close(&mut io, Some(frame));
-                    return Fed::Failed { code, reason };
+                Decoded::Ping(payload) if !cx.closing => frame::put_pong(codec_out, &payload),
+                Decoded::Ping(_) | Decoded::Pong => {}
+                Decoded::Close(close) => {
+                    self.decoder = None;
+                    if !cx.closing {
+                        // Echo it (RFC 6455 §5.5.1); an empty close gets an empty one.
+                        let echo = close
+                            .as_ref()
+                            .map(|(code, reason)| (*code, reason.as_str()));
+                        frame::put_close(codec_out, echo);
+                    }
+                    return Fed::PeerClosed(close);
                 }
             }
         }
+        if self.decoder.as_ref().is_some_and(|d| d.is_empty()) {
+            self.decoder = None;
+        }
+        Fed::More
     }
 
-    /// Drops a decoder whose buffer grew past its configured size for a large frame, once it
-    /// holds nothing (between messages, nothing to send, no close under way): the next
-    /// frame gets a fresh, small one. A frame of up to `read_buffer_size` costs nothing.
-    fn shed_large_codec(&mut self, config: &WebSocketConfig) {
-        let shed = self.codec.as_ref().is_some_and(|c| {
-            c.boundary.largest() > config.read_buffer_size as u64
-                && c.boundary.between_messages()
-                && c.ws.can_write()
-        });
-        if shed {
-            self.codec = None;
+    /// The peer broke the protocol: our close frame says why (unless ours is already out).
+    fn fail(&mut self, failure: Failure, closing: bool, codec_out: &mut Vec<u8>) -> Fed {
+        self.decoder = None;
+        if !closing {
+            frame::put_close(codec_out, Some((failure.code, failure.reason)));
+        }
+        Fed::Failed {
+            code: failure.code,
+            reason: failure.reason.to_owned(),
         }
     }
 
-    /// Queues a close frame (through the codec, so it knows a reply is expected).
-    pub(crate) fn close(
+    /// Inflates a compressed message with this connection's decompressor, or the loop's if
+    /// the peer resets its compressor after every message.
+    fn inflate(
         &mut self,
-        config: &WebSocketConfig,
-        code: u16,
-        reason: &str,
-        codec_out: &mut Vec<u8>,
-    ) {
-        let frame = CloseFrame {
-            code: CloseCode::from(code),
-            reason: truncate(reason, 123).to_owned().into(),
+        compressed: &[u8],
+        max: usize,
+        inflating: &mut Inflating,
+        stats: &mut Stats,
+    ) -> Result<Vec<u8>, Failure> {
+        let Some(deflate) = self.deflate.as_deref_mut() else {
+            return Err(Failure {
+                code: 1002,
+                reason: "compressed message without the extension",
+            });
         };
-        let mut io = Io {
-            input: &[],
-            output: codec_out,
-        };
-        let _ = self.codec(config).ws.close(&mut io, Some(frame));
+        let mut out = Vec::new();
+        deflate
+            .inflate(compressed, max, &mut out, inflating)
+            .map_err(|e| match e {
+                InflateFailure::TooBig => Failure::TOO_BIG,
+                InflateFailure::Invalid => Failure {
+                    code: 1007,
+                    reason: "invalid compressed data",
+                },
+            })?;
+        stats.inflate_bytes_in += compressed.len() as u64;
+        stats.inflate_bytes_out += out.len() as u64;
+        Ok(out)
+    }
+
+    /// Queues a close frame.
+    pub(crate) fn close(&mut self, code: u16, reason: &str, codec_out: &mut Vec<u8>) {
+        frame::put_close(codec_out, Some((code, reason)));
     }
 }
 
-/// The close code and reason for a decoding error (RFC 6455 §7.4.1).
-fn failure(e: &tungstenite::Error) -> (u16, String) {
-    match e {
-        tungstenite::Error::Capacity(_) => (1009, "message too big".to_owned()),
-        tungstenite::Error::Utf8(_) => (1007, "invalid UTF-8 in text message".to_owned()),
-        tungstenite::Error::Protocol(p) => (1002, truncate(&p.to_string(), 123).to_owned()),
-        other => (1011, truncate(&other.to_string(), 123).to_owned()),
-    }
-}
-
-/// The longest prefix of `s` within `max` bytes that ends on a character boundary
-/// (a close reason has room for 123 bytes).
-pub(crate) fn truncate(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
-}
-
-/// Connects tungstenite's codec to the bytes the server read (input) and to a buffer that
-/// collects what it wants to send (output), so the codec never touches the socket.
-struct Io<'a> {
-    input: &'a [u8],
-    output: &'a mut Vec<u8>,
-}
-
-impl Read for Io<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.input.is_empty() {
-            // Not EOF: the codec must stop and wait for the next read from the socket.
-            return Err(io::ErrorKind::WouldBlock.into());
-        }
-        let n = self.input.read(buf)?;
-        Ok(n)
-    }
-}
-
-impl Write for Io<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.output.extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
+fn message(text: bool, payload: Vec<u8>) -> Result<Message, Failure> {
+    let payload = Bytes::from(payload);
+    if text {
+        Utf8Bytes::try_from(payload)
+            .map(Message::Text)
+            .map_err(|_| Failure::BAD_UTF8)
+    } else {
+        Ok(Message::Binary(payload))
     }
 }

@@ -11,11 +11,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use slab::Slab;
-use tungstenite::protocol::WebSocketConfig;
 
 use super::admission::Admission;
 use super::turn::TurnBuffer;
 use crate::connection::{Connection, Phase};
+use crate::deflate::{Compressor, Inflating};
 use crate::frame::sendable_close_code;
 use crate::timers::{TimerId, Timers};
 use crate::topics::Topics;
@@ -56,7 +56,6 @@ pub(crate) struct Core<D> {
 /// subscribers) can be borrowed alongside it.
 pub(crate) struct Shared<D> {
     pub(crate) config: Config,
-    pub(crate) ws_config: WebSocketConfig,
     pub(crate) stats: Stats,
     pub(crate) timers: Timers,
     /// Data frames queued during this turn, once each (see `server::outbound`).
@@ -69,6 +68,11 @@ pub(crate) struct Shared<D> {
     pub(crate) drained: Vec<ConnId>,
     /// Scratch for the bytes the decoder emits (pongs, close frames).
     pub(crate) codec_out: Vec<u8>,
+    /// permessage-deflate's shared mode: the one compressor that compresses each message
+    /// once for all its recipients (made at first use).
+    pub(crate) compressor: Option<Compressor>,
+    /// The decompressor for peers that reset theirs after every message.
+    pub(crate) inflating: Inflating,
     /// Who gets a socket and a handshake slot.
     pub(crate) admission: Admission,
     /// Connections whose write stall is being judged (`server::timeouts`): few.
@@ -90,19 +94,11 @@ pub(crate) struct StallProbe {
 
 impl<D> Core<D> {
     pub(crate) fn new(config: Config) -> Core<D> {
-        let ws_config = WebSocketConfig::default()
-            .read_buffer_size(config.read_buffer_size)
-            // Frames go straight into our capture buffer, then into the outbox.
-            .write_buffer_size(0)
-            .max_write_buffer_size(usize::MAX)
-            .max_message_size(Some(config.max_message_size))
-            .max_frame_size(Some(config.max_message_size));
         Core {
             conns: Slab::new(),
             topics: Topics::default(),
             shared: Shared {
                 config,
-                ws_config,
                 stats: Stats::default(),
                 timers: Timers::default(),
                 turn: TurnBuffer::default(),
@@ -110,6 +106,8 @@ impl<D> Core<D> {
                 closed: VecDeque::new(),
                 drained: Vec::new(),
                 codec_out: Vec::new(),
+                compressor: None,
+                inflating: Inflating::default(),
                 admission: Admission::default(),
                 stall_probes: HashMap::new(),
                 shutdown_requested: false,
@@ -307,7 +305,7 @@ impl<D> Shared<D> {
         reason: &str,
     ) {
         let mut codec_out = std::mem::take(&mut self.codec_out);
-        if conn.start_close(self.now, code, reason, &self.ws_config, &mut codec_out) {
+        if conn.start_close(self.now, code, reason, &mut codec_out) {
             self.push_owed(conn, id, Bytes::copy_from_slice(&codec_out));
             self.schedule(conn, id);
         }

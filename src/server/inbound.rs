@@ -8,7 +8,8 @@ use bytes::Bytes;
 
 use super::admission::Refusal;
 use super::{Life, READS_PER_TURN, Server, abnormal};
-use crate::connection::{Fed, Phase, Pressure, Session};
+use crate::connection::{Fed, FeedContext, Phase, Pressure, Session};
+use crate::deflate::{self, Agreed, PerConnection};
 use crate::http::{self, Limits, Progress};
 use crate::{CloseInfo, ConnId, Handler, Reply, Request, Response};
 
@@ -126,22 +127,24 @@ impl<H: Handler> Server<H> {
         match reply {
             // What a GET would get, without the body (RFC 9110 §9.3.2).
             Reply::Respond(response) => self.respond(id, &response, req.method() != "HEAD"),
-            Reply::Accept { data, protocol } => match self.check_upgrade(&req, protocol) {
-                Ok((accept_key, protocol)) => {
-                    let pipelined = request[len..].to_vec();
-                    self.open(id, &accept_key, protocol.as_deref(), data, pipelined);
-                }
+            Reply::Accept {
+                data,
+                protocol,
+                compress,
+            } => match self.check_upgrade(&req, protocol, compress) {
+                Ok(upgrade) => self.open(id, upgrade, data, &request[len..]),
                 Err(refusal) => self.respond(id, &refusal, true),
             },
         }
     }
 
-    /// The accept key and confirmed subprotocol, or the answer to refuse with.
+    /// What the 101 confirms, or the answer to refuse with.
     fn check_upgrade(
         &self,
         req: &Request<'_>,
         protocol: Option<String>,
-    ) -> Result<(String, Option<String>), Response> {
+        compress: bool,
+    ) -> Result<Upgrade, Response> {
         let accept_key = http::validate_upgrade(req).map_err(|e| e.response())?;
         if self.core.open_count() >= self.core.shared.config.max_connections {
             return Err(Response::text(503, "too many connections"));
@@ -153,7 +156,22 @@ impl<H: Handler> Server<H> {
             }
             offered
         });
-        Ok((accept_key, protocol))
+        let deflate = match &self.core.shared.config.compression {
+            Some(compression) if compress => {
+                let offers = req
+                    .headers()
+                    .filter(|(name, _)| name.eq_ignore_ascii_case("sec-websocket-extensions"))
+                    .map(|(_, value)| value);
+                deflate::negotiate(offers, &compression.policy())
+                    .map_err(|e| Response::text(400, e.to_string()))?
+            }
+            _ => None,
+        };
+        Ok(Upgrade {
+            accept_key,
+            protocol,
+            deflate,
+        })
     }
 
     /// Answers a request as plain HTTP: Handshaking → Lingering, and the connection closes
@@ -181,24 +199,24 @@ impl<H: Handler> Server<H> {
         }
     }
 
-    /// Handshaking → Open: the 101 is queued, then `on_open` runs.
-    fn open(
-        &mut self,
-        id: ConnId,
-        accept_key: &str,
-        protocol: Option<&str>,
-        data: H::Data,
-        pipelined: Vec<u8>,
-    ) {
+    /// Handshaking → Open: the 101 is queued, then `on_open` runs. `pipelined`: bytes that
+    /// came after the request, the start of the WebSocket stream.
+    fn open(&mut self, id: ConnId, upgrade: Upgrade, data: H::Data, pipelined: &[u8]) {
         let Some((conn, shared)) = self.core.split(id) else {
             return;
         };
-        let has_pipelined = !pipelined.is_empty();
-        if !conn.open(Session::new(data, pipelined, &shared.ws_config), shared.now) {
+        let deflate = upgrade.deflate.map(|a| Box::new(PerConnection::new(a)));
+        if !conn.open(Session::new(data, deflate), shared.now) {
             return;
         }
         shared.admission.end_handshake(conn.addr);
-        shared.push_owed(conn, id, http::switching_protocols(accept_key, protocol));
+        let extensions = upgrade.deflate.map(|agreed| agreed.response());
+        let head = http::switching_protocols(
+            &upgrade.accept_key,
+            upgrade.protocol.as_deref(),
+            extensions.as_deref(),
+        );
+        shared.push_owed(conn, id, head);
         shared.stats.handshakes_accepted += 1;
         shared.stats.open_connections += 1;
         shared.schedule(conn, id);
@@ -208,9 +226,9 @@ impl<H: Handler> Server<H> {
         {
             let _ = self.core.close(id, 1011, "internal error");
         }
-        if has_pipelined {
+        if !pipelined.is_empty() {
             // Frames that came in the same read as the request: decode them now.
-            self.on_frame_bytes(id, &[]);
+            self.on_frame_bytes(id, pipelined);
         }
     }
 
@@ -231,7 +249,13 @@ impl<H: Handler> Server<H> {
         // must go out first, as nothing may follow a close frame (§5.5.1).
         let mut messages = mem::take(&mut self.messages);
         let mut codec_out = mem::take(&mut shared.codec_out);
-        let fed = session.feed(&shared.ws_config, bytes, &mut codec_out, &mut messages);
+        let cx = FeedContext {
+            max_message: shared.config.max_message_size,
+            closing: answering,
+            inflating: &mut shared.inflating,
+            stats: &mut shared.stats,
+        };
+        let fed = session.feed(cx, bytes, &mut codec_out, &mut messages);
         let closing = !matches!(fed, Fed::More);
         if !closing && !codec_out.is_empty() {
             shared.push_owed(conn, id, Bytes::copy_from_slice(&codec_out));
@@ -261,16 +285,16 @@ impl<H: Handler> Server<H> {
         self.core.shared.codec_out = codec_out;
         let info = match fed {
             Fed::More => return,
-            Fed::PeerClosed(frame) => match (self.core.get(id).map(|c| &c.phase), frame) {
+            Fed::PeerClosed(close) => match (self.core.get(id).map(|c| &c.phase), close) {
                 // The peer answered our close.
                 (Some(Phase::Closing { code, reason, .. }), _) if answering => CloseInfo {
                     code: *code,
                     reason: reason.clone(),
                     clean: true,
                 },
-                (_, Some(f)) => CloseInfo {
-                    code: f.code.into(),
-                    reason: f.reason.to_string(),
+                (_, Some((code, reason))) => CloseInfo {
+                    code,
+                    reason,
                     clean: true,
                 },
                 (_, None) => CloseInfo {
@@ -291,4 +315,12 @@ impl<H: Handler> Server<H> {
         };
         self.core.finish(id, info);
     }
+}
+
+/// What a 101 confirms.
+struct Upgrade {
+    accept_key: String,
+    protocol: Option<String>,
+    /// permessage-deflate, if offered, configured and accepted.
+    deflate: Option<Agreed>,
 }

@@ -10,6 +10,7 @@
 //! got were broadcast frames); only what a socket did not take outlives the turn, as slices
 //! of the frozen buffer ([`Core::seal_turn`]).
 
+use std::borrow::Cow;
 use std::mem;
 use std::net::Shutdown;
 
@@ -79,11 +80,14 @@ impl<D> Shared<D> {
         }
         // Queueing has already let the socket take what it would (see `queued`), so a
         // queue that is still too full belongs to a connection that is really not reading.
+        // The frame's plain size is judged, before any compressing: a dedicated compressor
+        // must see only the messages that are sent.
         if conn
             .outbox
             .fits(frame.wire_len(), self.config.max_backpressure)
         {
-            self.queue_data(conn, id, frame);
+            let wire = self.wire_for(conn, frame);
+            self.queue_data(conn, id, &wire);
             self.stats.messages_out += 1;
             return Ok(());
         }
@@ -106,8 +110,55 @@ impl<D> Shared<D> {
         }
     }
 
-    fn queue_data(&mut self, conn: &mut Connection<D>, id: ConnId, frame: &Frame) {
-        let wire = frame.wire();
+    /// The bytes `frame` goes out as to this connection: compressed if it negotiated
+    /// permessage-deflate and the frame is long enough (shared mode: the frame's own
+    /// compressed form, made once for all; dedicated: compressed by the connection's own
+    /// compressor), else the plain frame.
+    fn wire_for<'f>(&mut self, conn: &mut Connection<D>, frame: &'f Frame) -> Cow<'f, Bytes> {
+        let plain = Cow::Borrowed(frame.wire());
+        let (Some(compression), Some(deflate)) = (
+            &self.config.compression,
+            conn.session_mut().and_then(|s| s.deflate.as_deref_mut()),
+        ) else {
+            return plain;
+        };
+        if frame.payload_len() < compression.min_size_bytes() {
+            return plain;
+        }
+        let (wire, fresh) = if compression.is_shared() {
+            let bits = compression.window_bits();
+            let compressor = self
+                .compressor
+                .get_or_insert_with(|| compression.compressor(bits, true));
+            let cached = frame.is_deflated();
+            let wire = frame.deflated(compressor, bits);
+            let fresh = !cached || matches!(wire, Some(Cow::Owned(_)));
+            (wire, fresh)
+        } else {
+            let agreed = deflate.agreed;
+            let compressor = deflate.compressor.get_or_insert_with(|| {
+                let (bits, reset) = (agreed.server_window_bits, agreed.server_no_context_takeover);
+                Box::new(compression.compressor(bits, reset))
+            });
+            (Some(Cow::Owned(frame.compress_with(compressor))), true)
+        };
+        if fresh {
+            self.stats.compressions += 1;
+            self.stats.compress_bytes_in += frame.payload_len() as u64;
+            if let Some(wire) = &wire {
+                self.stats.compress_bytes_out += crate::frame::payload_len(wire) as u64;
+            }
+        }
+        match wire {
+            Some(wire) => {
+                self.stats.compressed_out += 1;
+                wire
+            }
+            None => plain,
+        }
+    }
+
+    fn queue_data(&mut self, conn: &mut Connection<D>, id: ConnId, wire: &Bytes) {
         self.start_stall_clock(conn);
         let span = if wire.len() < COPY_BELOW {
             self.turn.append(wire)

@@ -13,7 +13,8 @@
 //! - `http`: `[limits, seed, request...]`. `limits` picks the request limits (the server's
 //!   defaults or small ones), `seed` how the request is cut into reads (0: one read).
 //! - `frames`: `[config, seed_lo, seed_hi, close_at, stream...]`. `config` picks
-//!   `max_message_size` (bits 0-1), `read_buffer_size` (bits 2-3) and whether the first
+//!   `max_message_size` (bits 0-1), whether permessage-deflate was agreed (bit 2, so
+//!   compressed messages are inflated) and whether the first
 //!   read comes with the request (bit 4, as pipelined bytes); the seed cuts the stream into
 //!   reads (0: one read); `close_at` > 0 makes the server start a close at that fraction of
 //!   the stream, after which the connection goes on being read, as in the Closing phase.
@@ -177,7 +178,7 @@ pub fn http(data: &[u8]) {
             // once (`Session::new` with the pipelined bytes, then a feed of nothing).
             let pipelined = &wire[len..received];
             if !pipelined.is_empty() {
-                let mut decoder = Decoder::new(&config, pipelined.to_vec());
+                let mut decoder = Decoder::new(&config, pipelined.to_vec(), false);
                 let _ = decoder.feed(&[], &mut Vec::new(), &mut Vec::new());
             }
         }
@@ -205,9 +206,10 @@ struct Transcript {
     outcome: Outcome,
 }
 
-/// The frame/message path: an open connection's decoder (`Session::feed`: tungstenite's
-/// decoder and the frame-boundary tracker that lets a grown decoder go) fed a client's byte
-/// stream in reads of arbitrary sizes, the first one possibly with the request.
+/// The frame/message path: an open connection's decoder (`Session::feed`: the frame decoder,
+/// which is dropped whenever it holds nothing, and the inflating of compressed messages) fed
+/// a client's byte stream in reads of arbitrary sizes, the first one possibly with the
+/// request.
 ///
 /// Checks: the messages, the bytes owed to the peer and the end (more, peer closed, failed
 /// with a code) are the same as when the stream is fed in one read (so a decoder dropped
@@ -218,10 +220,8 @@ pub fn frames(data: &[u8]) {
         return;
     };
     let max_message = [1024 * 1024, 64 * 1024, 1024, 125][usize::from(flags & 3)];
-    let read_buffer = [1024, 16, 128, 8 * 1024][usize::from((flags >> 2) & 3)];
-    let config = Config::default()
-        .max_message_size(max_message)
-        .read_buffer_size(read_buffer);
+    let deflate = flags & 0x04 != 0;
+    let config = Config::default().max_message_size(max_message);
     let pipelined = flags & 0x10 != 0;
     // Where the server starts a close (e.g. the application's `close`), if it does.
     let close = (close_at > 0).then(|| (usize::from(close_at) - 1) * stream.len() / 255);
@@ -230,10 +230,10 @@ pub fn frames(data: &[u8]) {
         &config,
         stream,
         close,
-        pipelined,
+        (pipelined, deflate),
         u32::from_le_bytes([seed_lo, seed_hi, 0, 0]),
     );
-    let whole = run(&config, stream, close, false, 0);
+    let whole = run(&config, stream, close, (false, deflate), 0);
     assert_eq!(
         chopped, whole,
         "the stream's outcome depends on how it was cut"
@@ -257,7 +257,7 @@ fn run(
     config: &Config,
     stream: &[u8],
     close: Option<usize>,
-    pipelined: bool,
+    (pipelined, deflate): (bool, bool),
     seed: u32,
 ) -> Transcript {
     let mut reads = Reads::new(seed);
@@ -271,11 +271,11 @@ fn run(
     let first = close.unwrap_or(stream.len());
     let mut decoder = if pipelined && first > 0 {
         at = reads.next_len(first);
-        let mut decoder = Decoder::new(config, stream[..at].to_vec());
+        let mut decoder = Decoder::new(config, stream[..at].to_vec(), deflate);
         t.outcome = decoder.feed(&[], &mut t.out, &mut t.messages);
         decoder
     } else {
-        Decoder::new(config, Vec::new())
+        Decoder::new(config, Vec::new(), deflate)
     };
     let mut closed = false;
     while t.outcome == Outcome::More {
