@@ -2,6 +2,8 @@
 //! inflating of compressed messages, and the control frames owed in answer (pongs, the reply
 //! to a close). It never touches the socket.
 
+use std::num::NonZeroU64;
+
 use bytes::Bytes;
 
 use super::decoder::{Decoded, Decoder, Failure};
@@ -19,8 +21,10 @@ pub(crate) struct Session<D> {
     /// permessage-deflate, if it was negotiated.
     pub(crate) deflate: Option<Box<PerConnection>>,
     pub(crate) data: D,
-    /// When the server sent a keepalive ping that has not been answered by anything yet.
-    pub(crate) ping_sent: Option<u64>,
+    /// When the server sent a keepalive ping that has not been answered by anything yet
+    /// (tick, at least 1: non-zero keeps the session 8 bytes smaller, and so every
+    /// connection).
+    pub(crate) ping_sent: Option<NonZeroU64>,
 }
 
 /// What feeding bytes to a session produced, besides messages.

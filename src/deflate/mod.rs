@@ -149,6 +149,15 @@ impl PerConnection {
         }
     }
 
+    /// The connection has been quiet for a keepalive interval: a compressor that forgets
+    /// every message anyway is freed (it is made again at the next compressed send). State
+    /// that carries context cannot go.
+    pub(crate) fn shed_idle(&mut self) {
+        if self.agreed.server_no_context_takeover {
+            self.compressor = None;
+        }
+    }
+
     /// Inflates one message from the peer: with its own decompressor if it keeps its
     /// context, else with the loop's.
     pub(crate) fn inflate(

@@ -3,6 +3,7 @@
 //! too.
 
 use std::mem;
+use std::num::NonZeroU64;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -26,7 +27,7 @@ impl<D> Shared<D> {
                 let keepalive = match session.ping_sent {
                     // A peer still taking our bytes is alive, even if its pong is queued
                     // behind them: the pong clock runs from the last write too.
-                    Some(sent) => at(sent.max(conn.last_write), c.pong_timeout),
+                    Some(sent) => at(sent.get().max(conn.last_write), c.pong_timeout),
                     None => at(conn.last_read, c.ping_interval),
                 };
                 if conn.outbox.is_empty() {
@@ -189,7 +190,10 @@ impl<H: Handler> Server<H> {
                 abnormal("keepalive timeout")
             }
             Phase::Open(session) => {
-                session.ping_sent = Some(now);
+                session.ping_sent = NonZeroU64::new(now.max(1));
+                if let Some(deflate) = session.deflate.as_deref_mut() {
+                    deflate.shed_idle();
+                }
                 shared.push_owed(conn, id, Bytes::from_static(Frame::PING));
                 shared.schedule(conn, id);
                 return;
