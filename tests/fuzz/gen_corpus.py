@@ -9,6 +9,7 @@ cases over real sockets. Keep them (adapt their control bytes if a layout change
 
 import os
 import struct
+import zlib
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 KEY = "dGhlIHNhbXBsZSBub25jZQ=="
@@ -108,8 +109,8 @@ http("obs-text-value", b"GET / HTTP/1.1\r\nHost: x\r\nX: caf\xc3\xa9 \xff\r\nCon
 http("head-end-split", b"GET / HTTP/1.1\r\nHost: x\r\n\r", seed=1)
 
 # frames: [config, seed_lo, seed_hi, close_at, stream...]; config bits 0-1 max_message_size
-# (1 MiB, 64 KiB, 1 KiB, 125), bits 2-3 read_buffer_size (1 KiB, 16, 128, 8 KiB), bit 4
-# first read pipelined with the request; seed 0 = one read; close_at > 0: the server closes
+# (1 MiB, 64 KiB, 1 KiB, 125), bit 2 permessage-deflate agreed (compressed messages are
+# inflated), bit 4 first read pipelined with the request; seed 0 = one read; close_at > 0: the server closes
 # at that fraction of the stream.
 def frames(name, stream, config=0, seed=0, close_at=0):
     write("frames", name, bytes([config, seed & 0xFF, seed >> 8, close_at]) + stream)
@@ -119,14 +120,14 @@ text = frame(0x81, b"hello")
 frames("text", text)
 frames("text-chopped-pipelined", text + frame(0x81, "héllo wörld".encode()), config=0x10, seed=1)
 frames("binary-126", frame(0x82, bytes(range(200))), seed=77)
-frames("binary-2k-small-buffer", frame(0x82, b"x" * 2000) + text + frame(0x82, b"y" * 300),
-       config=0x04, seed=5)
+frames("binary-2k-then-more", frame(0x82, b"x" * 2000) + text + frame(0x82, b"y" * 300),
+       seed=5)
 # A 3-byte payload in the 8-byte length form (not minimal; RFC 6455 says MUST be minimal).
 frames("binary-len127-encoding", bytes([0x82, 0xFF]) + struct.pack(">Q", 3) + b"\x01\x02\x03\x04" + b"abc")
 frames("fragmented-with-ping", frame(0x01, b"hel") + frame(0x89, b"ping") + frame(0x00, b"l")
        + frame(0x80, b"o"), seed=3)
 frames("fragmented-binary-large", frame(0x02, b"a" * 700) + frame(0x00, b"b" * 700)
-       + frame(0x80, b"c" * 700), config=0x08, seed=1234)
+       + frame(0x80, b"c" * 700), seed=1234)
 frames("utf8-split-fragments", frame(0x01, "é".encode()[:1]) + frame(0x80, "é".encode()[1:]), seed=2)
 frames("ping-pong-close", frame(0x89, b"are you there") + frame(0x8A, b"") + close(1000, b"bye"))
 frames("close-no-payload", close())
@@ -148,3 +149,28 @@ frames("many-small", b"".join(frame(0x81, b"m%d" % i) for i in range(60)), seed=
 frames("server-closes-mid-stream", text * 3 + close(1000) + text, close_at=100, seed=17)
 frames("server-closes-then-data", text + frame(0x82, b"late") + close(1000), close_at=30)
 frames("empty-messages", frame(0x81, b"") + frame(0x82, b"") + frame(0x01, b"") + frame(0x80, b""))
+
+
+# permessage-deflate (config bit 2): raw DEFLATE with a sync flush, its 00 00 ff ff tail left
+# off (RFC 7692 §7.2.1); the client keeps its context across messages unless reset.
+def deflate(data, compressor=None):
+    c = compressor or zlib.compressobj(6, zlib.DEFLATED, -15)
+    out = c.compress(data) + c.flush(zlib.Z_SYNC_FLUSH)
+    assert out.endswith(b"\x00\x00\xff\xff")
+    return out[:-4]
+
+
+frames("deflate-text", frame(0xC1, deflate(b"hello hello hello hello")), config=0x04)
+shared = zlib.compressobj(6, zlib.DEFLATED, -15)
+frames("deflate-context-takeover",
+       b"".join(frame(0xC1, deflate(b'{"room":"lobby","text":"hi %d"}' % i, shared)) for i in range(5)),
+       config=0x04, seed=7)
+z = deflate("κόσμε ".encode() * 40)
+frames("deflate-fragmented", frame(0x41, z[:10]) + frame(0x89, b"p") + frame(0x80, z[10:]),
+       config=0x14, seed=3)
+frames("deflate-empty", frame(0xC1, b"\x00") + frame(0xC2, deflate(b"")), config=0x04)
+frames("deflate-bomb", frame(0xC2, deflate(b"\0" * 200000)), config=0x06)
+frames("deflate-garbage", frame(0xC1, b"\xff\xff\xff\xff"), config=0x04)
+frames("deflate-bad-utf8", frame(0xC1, deflate(b"ab\xc3\x28")), config=0x04)
+frames("deflate-rsv1-on-continuation", frame(0x41, deflate(b"a")[:1]) + frame(0xC0, b"x"), config=0x04)
+frames("deflate-not-agreed", frame(0xC1, deflate(b"hello")))
