@@ -3,7 +3,7 @@
 //! and the limits are in `README.md` beside this file.
 //!
 //! ```sh
-//! cargo run --release --example chat [ADDR] [--push-token TOKEN] [--history N]
+//! cargo run --release --example chat [ADDR] [--push-token TOKEN] [--history N] [--no-deflate]
 //! ```
 //!
 //! `ADDR` defaults to `127.0.0.1:8080` (port 0: any free port; the URL printed says which).
@@ -17,32 +17,51 @@ use std::process::ExitCode;
 
 use wshub::Server;
 
-const USAGE: &str = "usage: chat [ADDR] [--push-token TOKEN] [--history N]
+const USAGE: &str = "usage: chat [ADDR] [--push-token TOKEN] [--history N] [--no-deflate]
 A chat hub on one port: the page at /, the socket at /ws, POST /push, GET /stats
 and GET /metrics.
   ADDR               listen address (default 127.0.0.1:8080; port 0 picks a free port)
   --push-token TOKEN POST /push requires 'Authorization: Bearer TOKEN'
                      (default: $CHAT_PUSH_TOKEN; none: anyone who can connect may push)
   --history N        messages kept per room and sent on joining it (default 50)
+  --no-deflate       no permessage-deflate: every frame plain (default: offered to
+                     browsers, each message compressed once for all its recipients)
   -h, --help         this text
 Prints its URL, then logs, on stdout (RUST_LOG=debug for more).
 Ctrl-C or SIGTERM shuts down gracefully; a second one exits at once.";
 
+/// The command line: where to listen, the chat's options, and the server's.
+struct Args {
+    addr: String,
+    opts: chat::Options,
+    deflate: bool,
+}
+
 fn main() -> ExitCode {
-    let mut opts = chat::Options {
+    let opts = chat::Options {
         push_token: std::env::var("CHAT_PUSH_TOKEN")
             .ok()
             .filter(|t| !t.is_empty()),
         ..chat::Options::default()
     };
-    let parse = || parse_args(&mut opts).map(|addr| addr.map(|addr| (addr, opts.clone())));
-    support::main("chat", USAGE, parse, |(addr, opts)| run(addr, opts))
+    support::main("chat", USAGE, || parse_args(opts), run)
 }
 
-fn run(addr: String, opts: chat::Options) -> Result<(), String> {
+fn run(
+    Args {
+        addr,
+        opts,
+        deflate,
+    }: Args,
+) -> Result<(), String> {
     let with_token = opts.push_token.is_some();
     let history = opts.history;
-    let mut server = Server::bind(&addr, chat::config(), chat::Chat::new(opts))
+    let config = if deflate {
+        chat::config()
+    } else {
+        chat::config_without_deflate()
+    };
+    let mut server = Server::bind(&addr, config, chat::Chat::new(opts))
         .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
     chat::start_timers(&mut server);
     support::shut_down_on_signals(server.handle())?;
@@ -51,12 +70,13 @@ fn run(addr: String, opts: chat::Options) -> Result<(), String> {
     println!("http://{local}/");
     support::init_logging();
     log::info!(
-        "chat on http://{local}/ (socket /ws, POST /push {}, GET /stats); history {history} per room",
+        "chat on http://{local}/ (socket /ws, POST /push {}, GET /stats); history {history} per room; permessage-deflate {}",
         if with_token {
             "with a bearer token"
         } else {
             "without a token"
-        }
+        },
+        if deflate { "on" } else { "off" }
     );
     if !with_token && !local.ip().is_loopback() {
         log::warn!("POST /push is open to anyone who can reach {local}: set --push-token");
@@ -64,11 +84,12 @@ fn run(addr: String, opts: chat::Options) -> Result<(), String> {
     server.run().map_err(|e| format!("server failed: {e}"))
 }
 
-/// `[ADDR] [--push-token TOKEN] [--history N]` into `opts`; the address, or `None` for
-/// `--help`.
-fn parse_args(opts: &mut chat::Options) -> Result<Option<String>, lexopt::Error> {
+/// `[ADDR] [--push-token TOKEN] [--history N] [--no-deflate]`, over the defaults in `opts`;
+/// `None` for `--help`.
+fn parse_args(mut opts: chat::Options) -> Result<Option<Args>, lexopt::Error> {
     use lexopt::prelude::*;
     let mut addr = None;
+    let mut deflate = true;
     let mut parser = lexopt::Parser::from_env();
     while let Some(arg) = parser.next()? {
         match arg {
@@ -77,9 +98,14 @@ fn parse_args(opts: &mut chat::Options) -> Result<Option<String>, lexopt::Error>
                 opts.push_token = Some(parser.value()?.string()?).filter(|t| !t.is_empty());
             }
             Long("history") => opts.history = parser.value()?.parse()?,
+            Long("no-deflate") => deflate = false,
             Value(value) if addr.is_none() => addr = Some(value.string()?),
             _ => return Err(arg.unexpected()),
         }
     }
-    Ok(Some(addr.unwrap_or_else(|| "127.0.0.1:8080".to_owned())))
+    Ok(Some(Args {
+        addr: addr.unwrap_or_else(|| "127.0.0.1:8080".to_owned()),
+        opts,
+        deflate,
+    }))
 }

@@ -21,10 +21,15 @@ pub(crate) struct Compressor {
 impl Compressor {
     /// `window_bits`: 9..=15. `level`: zlib's 0..=9.
     pub(crate) fn new(window_bits: u8, level: u8, reset: bool) -> Compressor {
+        let window_bits = window_bits.clamp(9, 15);
         let config = DeflateConfig {
             level: i32::from(level),
             // Negative: a raw stream, no zlib header or checksum.
-            window_bits: -i32::from(window_bits.clamp(9, 15)),
+            window_bits: -i32::from(window_bits),
+            // zlib's default memory level (8) sizes the symbol buffer for a 32 KiB window;
+            // a small window gets a buffer to match (about 110 KiB less at 9 bits), the
+            // point of asking for one. zlib-rs's 128 KiB hash table is fixed either way.
+            mem_level: i32::from(window_bits) - 7,
             ..DeflateConfig::default()
         };
         Compressor {
@@ -92,6 +97,9 @@ impl fmt::Display for InflateFailure {
 /// Decompresses the messages of one peer (or, reset after each, of any peer).
 pub(crate) struct Decompressor {
     zlib: Inflate,
+    /// The peer ended its DEFLATE stream (a block with BFINAL set, RFC 7692 §7.2.3.4)
+    /// during the message being inflated.
+    stream_ended: bool,
 }
 
 impl Decompressor {
@@ -100,6 +108,7 @@ impl Decompressor {
         // A window of 9 reads what a window of 8 wrote; zlib's raw inflate wants 9..=15.
         Decompressor {
             zlib: Inflate::new(false, window_bits.clamp(9, 15)),
+            stream_ended: false,
         }
     }
 
@@ -111,9 +120,15 @@ impl Decompressor {
         max: usize,
         out: &mut Vec<u8>,
     ) -> Result<(), InflateFailure> {
+        self.stream_ended = false;
         let mut result = self.run(compressed, max, out);
         if result.is_ok() {
             result = self.run(&TAIL, max, out);
+        }
+        if self.stream_ended {
+            // What followed the final block (the empty block §7.2.3.4 appends, our tail)
+            // must not leak into the next message, which starts a stream of its own.
+            self.zlib.reset(false);
         }
         result
     }
@@ -156,10 +171,14 @@ impl Decompressor {
             }
             match status {
                 Err(_) => return Err(InflateFailure::Invalid),
-                // A final block: the peer ended its stream; the next message starts a new one.
+                // A final block: the peer ended its stream. What follows (if anything) is
+                // read as a new one; the next message starts afresh (see `inflate`).
                 Ok(Status::StreamEnd) => {
                     self.zlib.reset(false);
-                    return Ok(());
+                    self.stream_ended = true;
+                    if input.is_empty() {
+                        return Ok(());
+                    }
                 }
                 Ok(_) if input.is_empty() && out.len() < out.capacity() => return Ok(()),
                 // No progress with room to spare: the input is cut short. The tail we add

@@ -7,6 +7,10 @@
 //                     ../../target/chat-screenshot.png); chat-1280.png, chat-390.png and
 //                     chat-390-rooms.png are written beside it on every run
 //
+// Every page is watched through the Chrome DevTools Protocol (Network domain) for its
+// WebSocket handshakes, so the test sees the 101's headers as Chromium got them: the chat
+// offers permessage-deflate (shared mode) and Chromium must negotiate it.
+//
 // A person is a browser context (its own localStorage, so its own identity). The people at
 // 1280×800 share one context and are told apart by origin (http://127.0.0.1:PORT and
 // http://localhost:PORT); the people on phones and the later visitors get contexts of their
@@ -38,6 +42,7 @@ const contexts = [];
 const pages = {};
 const dialogs = [];
 const pageErrors = [];
+const handshakes = new Map(); // page -> [{status, headers, requestHeaders}], as Chromium saw them
 
 before(async () => {
   browser = await chromium.launch({
@@ -66,6 +71,12 @@ async function person(viewport) {
 
 async function open(context, url) {
   const page = await context.newPage();
+  // Before the page loads: it opens its socket at once.
+  const shakes = [];
+  handshakes.set(page, shakes);
+  const cdp = await context.newCDPSession(page);
+  cdp.on("Network.webSocketHandshakeResponseReceived", ({ response }) => shakes.push(response));
+  await cdp.send("Network.enable");
   page.on("dialog", async (d) => { dialogs.push(d.message()); await d.dismiss().catch(() => {}); });
   page.on("pageerror", (e) => pageErrors.push(`${url}: ${e.message}`));
   page.on("console", (m) => {
@@ -102,6 +113,26 @@ async function waitForRow(page, author, text) {
   await page.locator("#messages .msg", {
     has: page.locator(".author", { hasText: author }),
   }).filter({ has: page.locator(".text").getByText(text, { exact: true }) }).first().waitFor();
+}
+
+/** A header's value from a CDP headers object (names in any case), or undefined. */
+function header(headers, name) {
+  const key = Object.keys(headers || {}).find((k) => k.toLowerCase() === name);
+  return key === undefined ? undefined : headers[key];
+}
+
+/** The permessage-deflate the chat offers, in the 101 Chromium got for `page`'s socket. */
+function checkDeflate(page, who) {
+  const shakes = handshakes.get(page) || [];
+  assert.ok(shakes.length > 0, `${who}: no WebSocket handshake seen`);
+  const last = shakes.at(-1);
+  assert.equal(last.status, 101, `${who}: ${JSON.stringify(last)}`);
+  const ext = header(last.headers, "sec-websocket-extensions");
+  assert.match(ext ?? "", /^permessage-deflate(\s*;|$)/, `${who}: the 101 said ${JSON.stringify(last.headers)}`);
+  // Shared mode: the server resets after every message, and asks the browser to as well.
+  assert.match(ext, /;\s*server_no_context_takeover\b/, ext);
+  assert.match(ext, /;\s*client_no_context_takeover\b/, ext);
+  return { ext, offered: header(last.requestHeaders, "sec-websocket-extensions") };
 }
 
 async function members(page) {
@@ -229,6 +260,49 @@ test("two people join and chat in a room", { timeout: TEST }, async () => {
   await rust.click();
   await waitForRow(pages.bob, "ann", "are you in the lobby?");
   await rust.locator(".badge").waitFor({ state: "detached" });
+});
+
+test("the socket negotiates permessage-deflate, and a long message arrives intact", { timeout: TEST }, async (t) => {
+  for (const who of ["ann", "bob"]) {
+    const { ext, offered } = checkDeflate(pages[who], who);
+    t.diagnostic(`${who}: offered "${offered}", 101 Sec-WebSocket-Extensions: ${ext}`);
+  }
+  // Several hundred characters, well over the chat's min_size (128 bytes): compressed once
+  // by the server for both recipients, and by Chromium on the way in. Non-ASCII too, so a
+  // broken inflate could not pass for a UTF-8 slip.
+  const long = Array.from({ length: 8 }, (_, i) =>
+    `Line ${i + 1} of the release notes: every room message is now compressed once, whatever the room's size — naïve café ☕ ${i * 37}.`).join(" ");
+  assert.ok(long.length >= 600 && long.length <= 1000, `${long.length} characters`);
+  // (Each in front for its clicks: a tab behind another gets few animation frames, and a
+  // click waits for them. bob's, the last opened, is in front again at the end.)
+  for (const page of [pages.ann, pages.bob]) {
+    await page.bringToFront();
+    await page.click('#rooms li[data-room="lobby"]');
+    await page.locator("#view-title", { hasText: "# lobby" }).waitFor();
+  }
+  const before = await stats();
+  await say(pages.ann, long);
+  for (const page of [pages.bob, pages.ann]) {
+    await waitForRow(page, "ann", long);
+    assert.deepEqual((await rows(page)).at(-1), { author: "ann", text: long });
+  }
+  // It went compressed both ways: the server inflated ann's frame, and compressed the
+  // message once for the two connections in the lobby.
+  const after = await stats();
+  const d = (key) => after[key] - before[key];
+  t.diagnostic(`compressions +${d("compressions")}, compressed frames out +${d("compressed_out")}, ` +
+    `${d("compress_bytes_in")} -> ${d("compress_bytes_out")} bytes out, ${d("inflate_bytes_in")} -> ${d("inflate_bytes_out")} bytes in`);
+  assert.ok(d("inflate_bytes_in") > 0 && d("inflate_bytes_out") > long.length, "ann's frame came compressed");
+  assert.ok(d("inflate_bytes_in") < d("inflate_bytes_out"));
+  assert.ok(d("compressions") >= 1, "the message was compressed");
+  assert.ok(d("compressed_out") >= 2, "ann and bob got it compressed");
+  assert.ok(d("compressions") < d("compressed_out"), "once for both, not once each");
+  assert.ok(d("compress_bytes_out") < d("compress_bytes_in") / 2, "and it got smaller");
+  for (const page of [pages.ann, pages.bob]) {
+    await page.bringToFront();
+    await page.click('#rooms li[data-room="rust"]');
+    await page.locator("#view-title", { hasText: "# rust" }).waitFor();
+  }
 });
 
 test("private messages, to every tab of the recipient", { timeout: TEST }, async () => {
@@ -594,6 +668,17 @@ function stopServer(server) {
     server.proc.kill("SIGKILL");
   });
 }
+
+test("every socket that got a 101 negotiated permessage-deflate", () => {
+  let n = 0;
+  for (const [page, shakes] of handshakes) {
+    for (const shake of shakes.filter((s) => s.status === 101)) {
+      n++;
+      assert.match(header(shake.headers, "sec-websocket-extensions") ?? "", /^permessage-deflate/, `${page.url()}: ${JSON.stringify(shake.headers)}`);
+    }
+  }
+  assert.ok(n >= 5, `only ${n} handshakes seen`);
+});
 
 test("no script errors, no CSP violations, no dialogs", () => {
   assert.deepEqual(pageErrors, []);

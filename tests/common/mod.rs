@@ -1,6 +1,7 @@
 //! Shared test support: a server on a background thread, and real clients on loopback.
 #![allow(dead_code)] // each test file uses a different part of this
 
+pub mod python;
 pub mod scripted;
 
 use std::io::{Read, Write};
@@ -411,6 +412,27 @@ impl RawWs {
             start: 0,
             end: rest.len(),
         }
+    }
+
+    /// Connects and upgrades on `path` with `extra_headers` (complete lines, each ending in
+    /// `\r\n`, e.g. a `Sec-WebSocket-Extensions` offer); panics unless the answer is 101.
+    /// Returns the 101's head too.
+    pub fn connect_with(addr: SocketAddr, path: &str, extra_headers: &str) -> (RawWs, String) {
+        let mut stream = raw_connect(addr);
+        stream
+            .write_all(upgrade_request(path, extra_headers).as_bytes())
+            .expect("write request");
+        let (head, rest) = read_head(&mut stream);
+        assert!(head.starts_with("HTTP/1.1 101 "), "not upgraded: {head}");
+        let mut buf = vec![0u8; 128 * 1024];
+        buf[..rest.len()].copy_from_slice(&rest);
+        let ws = RawWs {
+            stream,
+            buf,
+            start: 0,
+            end: rest.len(),
+        };
+        (ws, head)
     }
 
     /// Bytes read past the 101 and not yet taken as frames: what a test that goes on to
