@@ -92,6 +92,7 @@ fn run(
         addr,
         filter,
         deflate,
+        tls,
     }: Args,
 ) -> Result<(), String> {
     support::init_logging();
@@ -109,13 +110,15 @@ fn run(
             format!("dedicated, {bits}-bit window")
         }
     };
+    let config = tls.apply(config)?;
+    let scheme = if tls.is_set() { "wss" } else { "ws" };
     let mut server = Server::bind(&addr, config, Broadcast { filter })
         .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
     support::shut_down_on_signals(server.handle())?;
     let local = server.local_addr().ok_or("no local address")?;
     let rooms = if filter { "filter walk" } else { "topics" };
     log::info!(
-        "broadcast server listening on ws://{local} (rooms by {rooms}, permessage-deflate {compression})"
+        "broadcast server listening on {scheme}://{local} (rooms by {rooms}, permessage-deflate {compression})"
     );
     server.run().map_err(|e| format!("server failed: {e}"))
 }
@@ -124,6 +127,7 @@ struct Args {
     addr: String,
     filter: bool,
     deflate: Deflate,
+    tls: support::TlsFiles,
 }
 
 /// `--deflate`: whether and how to offer permessage-deflate.
@@ -154,18 +158,22 @@ impl std::str::FromStr for Deflate {
     }
 }
 
-/// `[ADDR] [--filter] [--deflate MODE]`, or `None` for `--help`.
+/// `[ADDR] [--filter] [--deflate MODE] [--tls-cert FILE --tls-key FILE]`, or `None` for
+/// `--help`.
 fn parse_args() -> Result<Option<Args>, lexopt::Error> {
     use lexopt::prelude::*;
     let mut addr = None;
     let mut filter = false;
     let mut deflate = Deflate::Off;
+    let mut tls = support::TlsFiles::default();
     let mut parser = lexopt::Parser::from_env();
     while let Some(arg) = parser.next()? {
         match arg {
             Short('h') | Long("help") => return Ok(None),
             Long("filter") => filter = true,
             Long("deflate") => deflate = parser.value()?.parse()?,
+            Long("tls-cert") => tls.cert = Some(parser.value()?.string()?),
+            Long("tls-key") => tls.key = Some(parser.value()?.string()?),
             Value(value) if addr.is_none() => addr = Some(value.string()?),
             _ => return Err(arg.unexpected()),
         }
@@ -175,5 +183,6 @@ fn parse_args() -> Result<Option<Args>, lexopt::Error> {
         addr,
         filter,
         deflate,
+        tls,
     }))
 }

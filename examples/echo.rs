@@ -18,11 +18,14 @@ use std::process::ExitCode;
 
 use wshub::{Compression, Config, ConnId, Ctx, Frame, Handler, Message, Reply, Request, Server};
 
-const USAGE: &str = "usage: echo [ADDR] [--deflate MODE]
+const USAGE: &str = "usage: echo [ADDR] [--deflate MODE] [--tls-cert FILE --tls-key FILE]
 Echoes every text and binary message back to its sender, on any path.
   ADDR            listen address (default 127.0.0.1:9001; port 0 picks a free port)
   --deflate MODE  permessage-deflate for clients that offer it: dedicated (default; a
                   compressor per connection), shared (one compression per message), off
+  --tls-cert FILE --tls-key FILE
+                  serve wss:// with this PEM certificate chain and key (needs the cargo
+                  feature tls: cargo run --features tls --example echo ...)
   -h, --help      this text
 Logs to stdout (RUST_LOG=debug for more). Ctrl-C or SIGTERM shuts down gracefully.";
 
@@ -49,6 +52,7 @@ impl Handler for Echo {
 struct Args {
     addr: String,
     deflate: Option<Compression>,
+    tls: support::TlsFiles,
 }
 
 fn main() -> ExitCode {
@@ -60,6 +64,7 @@ fn parse_args() -> Result<Option<Args>, lexopt::Error> {
     let mut args = Args {
         addr: "127.0.0.1:9001".to_owned(),
         deflate: Some(Compression::dedicated(15)),
+        tls: support::TlsFiles::default(),
     };
     let mut addr = None;
     let mut parser = lexopt::Parser::from_env();
@@ -74,6 +79,8 @@ fn parse_args() -> Result<Option<Args>, lexopt::Error> {
                     other => return Err(format!("unknown --deflate mode {other:?}").into()),
                 }
             }
+            Long("tls-cert") => args.tls.cert = Some(parser.value()?.string()?),
+            Long("tls-key") => args.tls.key = Some(parser.value()?.string()?),
             Value(value) if addr.is_none() => addr = Some(value.string()?),
             _ => return Err(arg.unexpected()),
         }
@@ -94,10 +101,12 @@ fn run(args: Args) -> Result<(), String> {
     if let Some(deflate) = args.deflate {
         config = config.compression(deflate);
     }
+    let config = args.tls.apply(config)?;
+    let scheme = if args.tls.is_set() { "wss" } else { "ws" };
     let mut server =
         Server::bind(&addr, config, Echo).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
     support::shut_down_on_signals(server.handle())?;
     let local = server.local_addr().ok_or("no local address")?;
-    log::info!("echo server listening on ws://{local}");
+    log::info!("echo server listening on {scheme}://{local}");
     server.run().map_err(|e| format!("server failed: {e}"))
 }

@@ -47,6 +47,8 @@ pub struct Config {
     pub(crate) max_body_bytes: usize,
     pub(crate) max_message_size: usize,
     pub(crate) compression: Option<Compression>,
+    #[cfg(feature = "tls")]
+    pub(crate) tls: Option<crate::TlsConfig>,
     pub(crate) max_backpressure: usize,
     pub(crate) drain_watermark: usize,
     pub(crate) slow_consumer: SlowConsumer,
@@ -73,6 +75,8 @@ impl Default for Config {
             max_body_bytes: 64 * 1024,
             max_message_size: 1024 * 1024,
             compression: None,
+            #[cfg(feature = "tls")]
+            tls: None,
             max_backpressure: 256 * 1024,
             drain_watermark: 64 * 1024,
             slow_consumer: SlowConsumer::Close,
@@ -161,6 +165,17 @@ impl Config {
     /// one closes the connection with **1009** (message too big). Default **1 MiB**.
     pub fn max_message_size(mut self, n: usize) -> Config {
         self.max_message_size = n;
+        self
+    }
+
+    /// Serve TLS (`wss://`, `https://`) on the server's port with these certificates; every
+    /// connection must then speak TLS (plain bytes close it at once). The TLS handshake
+    /// counts against [`handshake_timeout`](Config::handshake_timeout). Replace the
+    /// certificates while running with [`Handle::set_tls`](crate::Handle::set_tls).
+    /// Cargo feature `tls`. Default: **plain TCP**.
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, tls: crate::TlsConfig) -> Config {
+        self.tls = Some(tls);
         self
     }
 

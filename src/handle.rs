@@ -14,6 +14,8 @@ pub(crate) enum Command {
     Broadcast(Frame),
     Publish(Box<str>, Frame),
     Close(ConnId, u16, String),
+    #[cfg(feature = "tls")]
+    SetTls(crate::TlsConfig),
     Shutdown,
 }
 
@@ -130,6 +132,15 @@ impl Handle {
     /// ```
     pub fn shutdown(&self) -> Result<(), HandleError> {
         self.command(Command::Shutdown)
+    }
+
+    /// Replaces the certificates of a TLS server: connections accepted from the next loop
+    /// turn on get `tls`; open connections keep theirs and stay up. (A certificate renewal:
+    /// load the new files, then call this; the chat does it on SIGHUP.) On a plain server it
+    /// does nothing. Cargo feature `tls`.
+    #[cfg(feature = "tls")]
+    pub fn set_tls(&self, tls: crate::TlsConfig) -> Result<(), HandleError> {
+        self.command(Command::SetTls(tls))
     }
 
     /// The server's counters as of its last loop turn.

@@ -30,6 +30,8 @@ pub struct Request<'a> {
     header_count: usize,
     body: &'a [u8],
     peer: Option<SocketAddr>,
+    /// Whether it came over TLS, and the SNI name the client asked for.
+    tls: Option<Option<Box<str>>>,
 }
 
 impl<'a> Request<'a> {
@@ -106,6 +108,22 @@ impl<'a> Request<'a> {
     /// The peer's address, if the OS still knows it.
     pub fn peer_addr(&self) -> Option<SocketAddr> {
         self.peer
+    }
+
+    /// Whether the request came over TLS (`https://`, `wss://`).
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// The name the client asked for in TLS's SNI extension, if it came over TLS and sent
+    /// one.
+    pub fn server_name(&self) -> Option<&str> {
+        self.tls.as_ref().and_then(|name| name.as_deref())
+    }
+
+    /// Marks the request as come over TLS, with the client's SNI name.
+    pub(crate) fn set_tls(&mut self, server_name: Option<&str>) {
+        self.tls = Some(server_name.map(Box::from));
     }
 
     /// Whether the client asks for a WebSocket (`Upgrade: websocket`). Whether the request
@@ -442,6 +460,7 @@ pub(crate) fn parse(buf: &[u8], peer: Option<SocketAddr>) -> Option<Request<'_>>
         header_count,
         body: &buf[head_len..],
         peer,
+        tls: None,
     })
 }
 

@@ -81,7 +81,10 @@ mod id;
 mod server;
 mod stats;
 mod timers;
+#[cfg(feature = "tls")]
+mod tls;
 mod topics;
+mod transport;
 
 pub use bytes::Bytes;
 pub use config::{Config, SlowConsumer};
@@ -96,6 +99,8 @@ pub use id::ConnId;
 pub use server::{Delivery, Server};
 pub use stats::{Rejections, Stats};
 pub use timers::TimerId;
+#[cfg(feature = "tls")]
+pub use tls::{Identity, TlsConfig, TlsError};
 pub use tungstenite::Utf8Bytes;
 
 #[doc = include_str!("../README.md")]

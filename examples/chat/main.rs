@@ -4,7 +4,11 @@
 //!
 //! ```sh
 //! cargo run --release --example chat [ADDR] [--push-token TOKEN] [--history N] [--no-deflate]
+//! cargo run --release --features tls --example chat -- --tls-cert cert.pem --tls-key key.pem
 //! ```
+//!
+//! With `--tls-cert` and `--tls-key` it serves `https://` and `wss://` on its one port, and
+//! reloads the two files on SIGHUP (a renewed certificate, without dropping anyone).
 //!
 //! `ADDR` defaults to `127.0.0.1:8080` (port 0: any free port; the URL printed says which).
 //! The push token may also come from the environment variable `CHAT_PUSH_TOKEN`.
@@ -18,6 +22,7 @@ use std::process::ExitCode;
 use wshub::Server;
 
 const USAGE: &str = "usage: chat [ADDR] [--push-token TOKEN] [--history N] [--no-deflate]
+            [--tls-cert FILE --tls-key FILE]
 A chat hub on one port: the page at /, the socket at /ws, POST /push, GET /stats
 and GET /metrics.
   ADDR               listen address (default 127.0.0.1:8080; port 0 picks a free port)
@@ -26,6 +31,9 @@ and GET /metrics.
   --history N        messages kept per room and sent on joining it (default 50)
   --no-deflate       no permessage-deflate: every frame plain (default: offered to
                      browsers, each message compressed once for all its recipients)
+  --tls-cert FILE --tls-key FILE
+                     serve https:// and wss:// with this PEM certificate chain and key
+                     (cargo feature tls); SIGHUP reloads them
   -h, --help         this text
 Prints its URL, then logs, on stdout (RUST_LOG=debug for more).
 Ctrl-C or SIGTERM shuts down gracefully; a second one exits at once.";
@@ -35,6 +43,7 @@ struct Args {
     addr: String,
     opts: chat::Options,
     deflate: bool,
+    tls: support::TlsFiles,
 }
 
 fn main() -> ExitCode {
@@ -52,6 +61,7 @@ fn run(
         addr,
         opts,
         deflate,
+        tls,
     }: Args,
 ) -> Result<(), String> {
     let with_token = opts.push_token.is_some();
@@ -61,16 +71,21 @@ fn run(
     } else {
         chat::config_without_deflate()
     };
+    let config = tls.apply(config)?;
+    let scheme = if tls.is_set() { "https" } else { "http" };
     let mut server = Server::bind(&addr, config, chat::Chat::new(opts))
         .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
     chat::start_timers(&mut server);
     support::shut_down_on_signals(server.handle())?;
+    if tls.is_set() {
+        support::reload_tls_on_sighup(server.handle(), tls)?;
+    }
     let local = server.local_addr().ok_or("no local address")?;
     // The one line a script (or a person) needs; logs follow.
-    println!("http://{local}/");
+    println!("{scheme}://{local}/");
     support::init_logging();
     log::info!(
-        "chat on http://{local}/ (socket /ws, POST /push {}, GET /stats); history {history} per room; permessage-deflate {}",
+        "chat on {scheme}://{local}/ (socket /ws, POST /push {}, GET /stats); history {history} per room; permessage-deflate {}",
         if with_token {
             "with a bearer token"
         } else {
@@ -90,6 +105,7 @@ fn parse_args(mut opts: chat::Options) -> Result<Option<Args>, lexopt::Error> {
     use lexopt::prelude::*;
     let mut addr = None;
     let mut deflate = true;
+    let mut tls = support::TlsFiles::default();
     let mut parser = lexopt::Parser::from_env();
     while let Some(arg) = parser.next()? {
         match arg {
@@ -99,6 +115,8 @@ fn parse_args(mut opts: chat::Options) -> Result<Option<Args>, lexopt::Error> {
             }
             Long("history") => opts.history = parser.value()?.parse()?,
             Long("no-deflate") => deflate = false,
+            Long("tls-cert") => tls.cert = Some(parser.value()?.string()?),
+            Long("tls-key") => tls.key = Some(parser.value()?.string()?),
             Value(value) if addr.is_none() => addr = Some(value.string()?),
             _ => return Err(arg.unexpected()),
         }
@@ -107,5 +125,6 @@ fn parse_args(mut opts: chat::Options) -> Result<Option<Args>, lexopt::Error> {
         addr: addr.unwrap_or_else(|| "127.0.0.1:8080".to_owned()),
         opts,
         deflate,
+        tls,
     }))
 }

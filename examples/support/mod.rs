@@ -80,3 +80,83 @@ pub fn shut_down_on_signals(handle: Handle) -> Result<(), String> {
     });
     Ok(())
 }
+
+/// `--tls-cert FILE --tls-key FILE`: both or neither.
+#[derive(Default)]
+#[allow(dead_code)] // not every example serves TLS
+pub struct TlsFiles {
+    pub cert: Option<String>,
+    pub key: Option<String>,
+}
+
+#[allow(dead_code)]
+impl TlsFiles {
+    pub fn is_set(&self) -> bool {
+        self.cert.is_some() || self.key.is_some()
+    }
+
+    /// The configuration with TLS from the files, if given.
+    pub fn apply(&self, config: wshub::Config) -> Result<wshub::Config, String> {
+        Ok(match self.load()? {
+            Some(tls) => tls_on(config, tls),
+            None => config,
+        })
+    }
+
+    /// The certificates from the files, if given (again, for a reload).
+    #[cfg(feature = "tls")]
+    pub fn load(&self) -> Result<Option<wshub::TlsConfig>, String> {
+        match (&self.cert, &self.key) {
+            (None, None) => Ok(None),
+            (Some(cert), Some(key)) => wshub::Identity::from_pem_files(cert, key)
+                .map(|id| Some(wshub::TlsConfig::new(id)))
+                .map_err(|e| e.to_string()),
+            _ => Err("--tls-cert and --tls-key go together".to_owned()),
+        }
+    }
+
+    #[cfg(not(feature = "tls"))]
+    pub fn load(&self) -> Result<Option<std::convert::Infallible>, String> {
+        if self.is_set() {
+            return Err("built without TLS: rebuild with --features tls".to_owned());
+        }
+        Ok(None)
+    }
+}
+
+#[cfg(feature = "tls")]
+fn tls_on(config: wshub::Config, tls: wshub::TlsConfig) -> wshub::Config {
+    config.tls(tls)
+}
+
+#[cfg(not(feature = "tls"))]
+fn tls_on(_: wshub::Config, never: std::convert::Infallible) -> wshub::Config {
+    match never {}
+}
+
+/// SIGHUP: loads the certificate files again and hands them to the server (connections stay
+/// up; new ones get the new certificate). A file that does not load is logged, and the
+/// server keeps the certificate it has.
+#[allow(dead_code)]
+pub fn reload_tls_on_sighup(handle: Handle, files: TlsFiles) -> Result<(), String> {
+    #[cfg(feature = "tls")]
+    {
+        let mut signals = Signals::new([signal_hook::consts::SIGHUP])
+            .map_err(|e| format!("cannot watch SIGHUP: {e}"))?;
+        std::thread::spawn(move || {
+            for _ in signals.forever() {
+                match files.load() {
+                    Ok(Some(tls)) => match handle.set_tls(tls) {
+                        Ok(()) => log::info!("SIGHUP: certificate files reloaded"),
+                        Err(e) => log::warn!("SIGHUP: cannot hand over the certificates: {e}"),
+                    },
+                    Ok(None) => {}
+                    Err(e) => log::warn!("SIGHUP: certificates not reloaded: {e}"),
+                }
+            }
+        });
+    }
+    #[cfg(not(feature = "tls"))]
+    let _ = (handle, files);
+    Ok(())
+}

@@ -16,9 +16,9 @@ mod decoder;
 pub(crate) mod outbox;
 mod session;
 
-use mio::net::TcpStream;
-
 pub(crate) use outbox::{Flush, Kind, Outbox};
+
+use crate::transport::Transport;
 
 /// A connection's place in the loop's table of source addresses (`server::admission`),
 /// kept by the connection so its address is counted out when it goes.
@@ -72,7 +72,8 @@ pub(crate) enum Pressure {
 }
 
 pub(crate) struct Connection<D> {
-    pub(crate) sock: TcpStream,
+    /// The byte stream: plain TCP, or TLS over it.
+    pub(crate) transport: Transport,
     pub(crate) generation: u32,
     /// The source address's entry in the admission table.
     pub(crate) addr: AddrSlot,
@@ -96,14 +97,14 @@ pub(crate) struct Connection<D> {
 
 impl<D> Connection<D> {
     pub(crate) fn new(
-        sock: TcpStream,
+        transport: Transport,
         generation: u32,
         addr: AddrSlot,
         now: u64,
         deadline: u64,
     ) -> Connection<D> {
         Connection {
-            sock,
+            transport,
             generation,
             addr,
             phase: Phase::Handshaking(Box::new(Handshake {

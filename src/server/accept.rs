@@ -1,7 +1,7 @@
 //! Accepting: new sockets into the table under the admission rules (`admission.rs`), with a
 //! backoff when the process runs out of descriptors (or other resources).
 
-use std::io::{self, Write};
+use std::io;
 use std::net::SocketAddr;
 
 use mio::net::TcpStream;
@@ -12,6 +12,7 @@ use super::core::Core;
 use super::{Server, WAKER, abnormal};
 use crate::connection::Connection;
 use crate::timers::TimerKey;
+use crate::transport::Transport;
 use crate::{ConnId, Handler, Response};
 
 /// Accept backoff after a resource error (EMFILE, ENFILE, ENOBUFS, ENOMEM): 10 ms doubling
@@ -76,9 +77,28 @@ impl<H: Handler> Server<H> {
         }
     }
 
+    /// The stream a new socket becomes: TLS on a TLS port (with the certificates in force
+    /// now: a reload applies to connections accepted after it).
+    fn transport(&self, sock: TcpStream) -> io::Result<Transport> {
+        #[cfg(feature = "tls")]
+        if let Some(tls) = &self.core.shared.config.tls {
+            return Transport::tls(sock, tls);
+        }
+        Ok(Transport::Plain(sock))
+    }
+
     /// Takes a new socket into the table, or turns it away with a `503` if its address has
     /// too many; makes room by evicting the oldest handshake if every slot is taken.
-    fn admit(&mut self, mut sock: TcpStream, peer: SocketAddr) {
+    fn admit(&mut self, sock: TcpStream, peer: SocketAddr) {
+        // Latency over packet count: frames are already corked into one write per turn.
+        let _ = sock.set_nodelay(true);
+        let mut transport = match self.transport(sock) {
+            Ok(transport) => transport,
+            Err(e) => {
+                log::warn!("could not set up a new connection: {e}");
+                return;
+            }
+        };
         let key = self.core.conns.vacant_key();
         let shared = &mut self.core.shared;
         let slot = if key >= WAKER.0 || key > u32::MAX as usize {
@@ -91,7 +111,7 @@ impl<H: Handler> Server<H> {
             Err(refusal) => {
                 // No room even to linger: answer in one small write (it fits a fresh socket)
                 // and close.
-                let _ = sock.write_all(&whole(&Response::text(503, refusal.reason())));
+                transport.write_last_words(&whole(&Response::text(503, refusal.reason())));
                 shared.stats.http_responses += 1;
                 shared.stats.rejected.count(503);
                 return;
@@ -104,12 +124,10 @@ impl<H: Handler> Server<H> {
         // (Eviction may have freed a slot of the table.)
         let key = self.core.conns.vacant_key();
         let shared = &mut self.core.shared;
-        // Latency over packet count: frames are already corked into one write per turn.
-        let _ = sock.set_nodelay(true);
-        if let Err(e) = self
-            .poll
-            .registry()
-            .register(&mut sock, Token(key), Interest::READABLE)
+        if let Err(e) =
+            self.poll
+                .registry()
+                .register(transport.socket_mut(), Token(key), Interest::READABLE)
         {
             log::warn!("could not register a new connection: {e}");
             shared.admission.socket_gone(slot);
@@ -127,7 +145,7 @@ impl<H: Handler> Server<H> {
         }
         let timeout = admission::deadline(&shared.config, shared.admission.handshaking());
         let mut conn = Connection::new(
-            sock,
+            transport,
             self.next_generation,
             slot,
             shared.now,
@@ -161,7 +179,7 @@ impl<H: Handler> Server<H> {
             // It sent nothing, so closing cannot reset unread data: answer and close now,
             // without lingering.
             if let Some(conn) = self.core.get_mut(victim) {
-                let _ = conn.sock.write_all(&whole(&timeout));
+                conn.transport.write_last_words(&whole(&timeout));
             }
             let stats = &mut self.core.shared.stats;
             stats.http_responses += 1;

@@ -41,7 +41,7 @@ impl<H: Handler> Server<H> {
                 conn.pressure = Pressure::ReadsPaused;
                 break;
             }
-            let n = match conn.sock.read(&mut buf) {
+            let n = match conn.transport.read(&mut buf) {
                 Ok(0) => {
                     self.on_eof(id);
                     break;
@@ -63,6 +63,13 @@ impl<H: Handler> Server<H> {
             }
         }
         self.read_buf = buf;
+        // A TLS read may leave records to send (handshake messages, alerts): flush them at
+        // the end of the turn.
+        if let Some((conn, shared)) = self.core.split(id) {
+            if conn.transport.wants_write() {
+                shared.mark_dirty(conn, id);
+            }
+        }
     }
 
     fn on_eof(&mut self, id: ConnId) {
@@ -113,11 +120,14 @@ impl<H: Handler> Server<H> {
         // The request leaves the connection (which stays Handshaking until it is answered),
         // so the handler can read it while it changes the table.
         let request = mem::take(&mut handshake.buf);
-        let peer = conn.sock.peer_addr().ok();
-        let Some(req) = http::parse(&request[..len], peer) else {
+        let peer = conn.transport.socket().peer_addr().ok();
+        let Some(mut req) = http::parse(&request[..len], peer) else {
             self.respond(id, &Response::text(400, "malformed request"), true);
             return;
         };
+        if conn.transport.is_tls() {
+            req.set_tls(conn.transport.server_name());
+        }
         let reply = if self.life == Life::Running {
             self.callback(|handler, ctx| handler.on_request(ctx, &req))
                 .unwrap_or_else(|| Reply::Respond(Response::text(500, "internal error")))

@@ -295,6 +295,16 @@ impl<H: Handler> Server<H> {
                 Command::Close(id, code, reason) => {
                     let _ = self.core.close(id, code, &reason);
                 }
+                #[cfg(feature = "tls")]
+                Command::SetTls(tls) => {
+                    let config = &mut self.core.shared.config;
+                    if config.tls.is_some() {
+                        config.tls = Some(tls);
+                        log::info!("TLS certificates replaced");
+                    } else {
+                        log::warn!("set_tls on a plain server: ignored");
+                    }
+                }
                 Command::Shutdown => self.core.shared.shutdown_requested = true,
             }
         }
@@ -338,7 +348,7 @@ impl<H: Handler> Server<H> {
         shared.stall_probes.remove(&id);
         shared.stats.queued_bytes -= conn.outbox.queued();
         let mut conn = self.core.conns.remove(id.key());
-        let _ = self.poll.registry().deregister(&mut conn.sock);
+        let _ = self.poll.registry().deregister(conn.transport.socket_mut());
     }
 
     fn publish_stats(&self) {

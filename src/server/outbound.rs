@@ -12,7 +12,6 @@
 
 use std::borrow::Cow;
 use std::mem;
-use std::net::Shutdown;
 
 use bytes::Bytes;
 use mio::{Interest, Token};
@@ -249,7 +248,14 @@ impl<D> Shared<D> {
     /// Writes what the socket takes now, keeping the byte counts.
     pub(crate) fn write(&mut self, conn: &mut Connection<D>) -> std::io::Result<Flush> {
         let before = conn.outbox.queued();
-        let result = conn.outbox.write_to(&mut conn.sock, self.turn.bytes());
+        let mut result = conn.outbox.write_to(&mut conn.transport, self.turn.bytes());
+        if let Ok(Flush::Done) = result {
+            // What the transport owes below our bytes (TLS records) is part of the flush.
+            result = conn
+                .transport
+                .flush_pending()
+                .map(|done| if done { Flush::Done } else { Flush::Blocked });
+        }
         let written = before - conn.outbox.queued();
         self.stats.bytes_out += written as u64;
         self.stats.queued_bytes -= written;
@@ -333,11 +339,11 @@ impl<H: Handler> Server<H> {
             } else {
                 Interest::READABLE
             };
-            if let Err(e) =
-                self.poll
-                    .registry()
-                    .reregister(&mut conn.sock, Token(id.key()), interest)
-            {
+            if let Err(e) = self.poll.registry().reregister(
+                conn.transport.socket_mut(),
+                Token(id.key()),
+                interest,
+            ) {
                 log::warn!("connection {id}: reregister failed: {e}");
                 self.remove(id, abnormal("reregister failed"));
                 return;
@@ -354,7 +360,7 @@ impl<H: Handler> Server<H> {
         if !blocked && conn.shut_write() {
             // All said: FIN after the last byte, then wait for the peer's EOF, so our final
             // bytes are not lost to a reset.
-            let _ = conn.sock.shutdown(Shutdown::Write);
+            conn.transport.shutdown_write();
         }
         if !blocked && conn.is_peer_closed() {
             // Both sides are done.

@@ -73,7 +73,7 @@ impl<D> Shared<D> {
     /// the peer has stalled. Elsewhere, a write that makes progress counts as life.
     fn judge_stall(&mut self, conn: &mut Connection<D>, id: ConnId) -> Stall {
         let now = self.now;
-        let Some(unacked) = unacked_bytes(&conn.sock) else {
+        let Some(unacked) = unacked_bytes(conn.transport.socket()) else {
             return match self.write(conn) {
                 Ok(_) if conn.last_write == now => Stall::Alive,
                 Ok(_) => Stall::Stalled,

@@ -1,8 +1,11 @@
 //! Shared test support: a server on a background thread, and real clients on loopback.
 #![allow(dead_code)] // each test file uses a different part of this
 
+pub mod deflate;
 pub mod python;
 pub mod scripted;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};

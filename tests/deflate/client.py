@@ -1,5 +1,5 @@
-"""A WebSocket client for tests/deflate.rs, on Python's `websockets` (sync API), which
-speaks permessage-deflate (RFC 7692) by default.
+"""A WebSocket client for tests/deflate_python.rs and tests/deflate_mixed.rs, on Python's
+`websockets` (sync API), which speaks permessage-deflate (RFC 7692) by default.
 
 Reads a plan (one JSON object) on stdin, runs it, and prints one JSON object per line on
 stdout. Every line is flushed at once, so the test can wait for the `open` line.

@@ -1,5 +1,5 @@
 """Compresses messages as a permessage-deflate client would (RFC 7692 §7.2.1), with
-CPython's zlib, for the raw-socket tests of tests/deflate.rs.
+CPython's zlib, for the raw-socket tests of tests/deflate_wire.rs.
 
 Reads one JSON object on stdin:
   {"wbits": 15, "level": 9, "messages": [PART, ...]}
