@@ -28,10 +28,11 @@ pub(crate) struct Tls {
     conn: rustls::ServerConnection,
 }
 
-/// Most plaintext rustls takes in one write: a few records. Keeps what it holds (and what
-/// the connection's queue no longer counts) small.
+/// Most plaintext rustls takes in one write: one full record. What rustls holds beyond the
+/// connection's queue (which counts only what rustls has not taken) is at most this much
+/// ciphertext, so backpressure stays exact to within one record.
 #[cfg(feature = "tls")]
-const TLS_WRITE_CHUNK: usize = 64 * 1024;
+const TLS_WRITE_CHUNK: usize = 16 * 1024;
 
 impl Transport {
     /// A TLS stream over `sock` with `config`'s certificates.

@@ -247,3 +247,35 @@ fn a_broadcast_reaches_every_tls_client_complete_and_in_order() {
         }
     }
 }
+
+#[test]
+fn a_tls_client_that_stops_reading_is_a_slow_consumer_with_a_bounded_queue() {
+    const LIMIT: usize = 64 * 1024;
+    let (tls, trusted) = localhost();
+    let config = Config::default()
+        .tls(tls)
+        .max_backpressure(LIMIT)
+        .close_timeout(Duration::from_millis(300));
+    let server = start(config, Hub);
+    // Connects, upgrades, then never reads again.
+    let _stalled = connect_ws(server.addr, "localhost", "/", &trusted);
+    let mut talker = connect_ws(server.addr, "localhost", "/", &trusted);
+    let text = "s".repeat(8 * 1024);
+    // 8 MiB through the hub: far more than socket buffers and the queue limit hold.
+    for i in 0..1024 {
+        talker
+            .send(tungstenite::Message::text(format!("{i:04}{text}")))
+            .unwrap();
+        match talker.read().unwrap() {
+            tungstenite::Message::Text(got) => assert!(got.starts_with(&format!("{i:04}"))),
+            other => panic!("expected the broadcast back, got {other:?}"),
+        }
+    }
+    let stats = server.handle.stats();
+    assert_eq!(stats.slow_consumer_closes, 1, "{stats:?}");
+    assert!(
+        stats.peak_queued_bytes <= LIMIT + text.len() + 16,
+        "a queue reached {} bytes",
+        stats.peak_queued_bytes
+    );
+}
