@@ -53,6 +53,8 @@ pub struct Config {
     pub(crate) drain_watermark: usize,
     pub(crate) slow_consumer: SlowConsumer,
     pub(crate) handshake_timeout: Duration,
+    pub(crate) keep_alive_timeout: Duration,
+    pub(crate) max_requests_per_connection: usize,
     pub(crate) ping_interval: Duration,
     pub(crate) pong_timeout: Duration,
     pub(crate) close_timeout: Duration,
@@ -81,6 +83,8 @@ impl Default for Config {
             drain_watermark: 64 * 1024,
             slow_consumer: SlowConsumer::Close,
             handshake_timeout: Duration::from_secs(10),
+            keep_alive_timeout: Duration::from_secs(5),
+            max_requests_per_connection: 100,
             ping_interval: Duration::from_secs(30),
             pong_timeout: Duration::from_secs(30),
             close_timeout: Duration::from_secs(5),
@@ -117,8 +121,10 @@ impl Config {
         self
     }
 
-    /// Most TCP connections still sending their HTTP request at once. When all are taken,
-    /// a newcomer is still admitted: the oldest handshake (the oldest that has sent nothing,
+    /// Most TCP connections still sending their HTTP request at once (a kept-alive
+    /// connection waiting for its next request keeps its slot). When all are taken,
+    /// a newcomer is still admitted: the kept-alive connection idle the longest is closed
+    /// quietly, or if there is none the oldest handshake (the oldest that has sent nothing,
     /// if one is among the first few) is answered `408 Request Timeout` and closed instead,
     /// so idle sockets cannot lock real clients out, and their memory stays bounded. A
     /// newcomer's handshake deadline shrinks as the slots fill: the full
@@ -219,6 +225,33 @@ impl Config {
     /// Default **10 s**.
     pub fn handshake_timeout(mut self, d: Duration) -> Config {
         self.handshake_timeout = d;
+        self
+    }
+
+    /// Time a kept-alive HTTP connection may stay idle between an answer (once it is fully
+    /// written) and the start of its next request; then the server closes it quietly (no
+    /// `408`: the client asked nothing), counted in
+    /// [`Stats::keep_alive_closes`](crate::Stats::keep_alive_closes). Once the next request
+    /// starts arriving, [`handshake_timeout`](Config::handshake_timeout) applies to it.
+    /// 5 s covers a page load (its assets and the socket's upgrade follow within
+    /// milliseconds) while an idle connection holds its handshake slot only briefly (an idle
+    /// one is also the first given up when the slots run out, see
+    /// [`max_handshakes`](Config::max_handshakes)); Apache and Node.js use 5 s too. A client
+    /// whose idle connection is closed just as it reuses it retries (RFC 9112 §9.3.1).
+    /// Default **5 s**.
+    pub fn keep_alive_timeout(mut self, d: Duration) -> Config {
+        self.keep_alive_timeout = d;
+        self
+    }
+
+    /// Most HTTP requests answered on one kept-alive connection: the answer to the last
+    /// says `Connection: close` and the connection closes after it (0 counts as 1: no
+    /// keep-alive). It bounds how long one connection keeps a handshake slot while it sends
+    /// requests back to back, and lets load move between servers behind a balancer; a page
+    /// with its assets needs far fewer. Apache's `MaxKeepAliveRequests` is 100 too.
+    /// Default **100**.
+    pub fn max_requests_per_connection(mut self, n: usize) -> Config {
+        self.max_requests_per_connection = n;
         self
     }
 

@@ -3,7 +3,9 @@
 //!
 //! One port serves pages, an API and sockets: every request reaches
 //! [`Handler::on_request`](crate::Handler::on_request), which answers it or accepts the
-//! upgrade. Answers close the TCP connection (`Connection: close`): there is no keep-alive.
+//! upgrade. Answers keep an HTTP/1.1 connection open for the next request (keep-alive,
+//! pipelined requests answered in order) unless the client, the limits or the server's own
+//! refusals close it, which the answer then says (`Connection: close`).
 
 use std::borrow::Cow;
 use std::fmt;
@@ -189,6 +191,16 @@ impl<'a> Request<'a> {
         }
     }
 
+    /// Whether the client lets the connection stay open after the answer: HTTP/1.1 without
+    /// a `close` token in `Connection` (RFC 9112 §9.3). HTTP/1.0 always closes, even with
+    /// `Connection: keep-alive`.
+    pub(crate) fn keeps_alive(&self) -> bool {
+        self.minor_version >= 1
+            && !self
+                .header_tokens("connection")
+                .any(|t| t.eq_ignore_ascii_case("close"))
+    }
+
     /// Comma-separated tokens of every header of this name, trimmed.
     fn header_tokens(&self, name: &'static str) -> impl Iterator<Item = &'a str> + '_ {
         self.headers()
@@ -211,7 +223,11 @@ impl fmt::Debug for Request<'_> {
     }
 }
 
-/// A plain HTTP answer. The server adds `Content-Length` and `Connection: close`.
+/// A plain HTTP answer. The server adds `Content-Length`, and `Connection: close` when the
+/// connection ends after it (a `Connection` header set here is replaced; one with a `close`
+/// token makes the connection end). A `1xx`, `204` or `304` answer goes without a body.
+/// A header set here that changes framing (`Content-Length`, `Transfer-Encoding`) is
+/// dropped: the server frames the body itself.
 ///
 /// ```
 /// use wshub::Response;
@@ -275,8 +291,31 @@ impl Response {
         self.status
     }
 
-    /// The head and the body, ready for the outbox (the body stays shared).
+    /// Whether the application asks for the connection to end after this answer: a
+    /// `Connection` header with a `close` token, or an interim (`1xx`) status, after which
+    /// no framing could be trusted.
+    pub(crate) fn closes(&self) -> bool {
+        self.status < 200
+            || self
+                .headers
+                .iter()
+                .filter(|(name, _)| name.eq_ignore_ascii_case("connection"))
+                .flat_map(|(_, value)| value.split(','))
+                .any(|t| trim_ows(t).eq_ignore_ascii_case("close"))
+    }
+
+    /// The head and the body, ready for the outbox (the body stays shared), for an answer
+    /// after which the connection closes.
     pub(crate) fn encode(&self) -> (Bytes, Bytes) {
+        self.encode_as(false)
+    }
+
+    /// The head and the body: `keep_alive` leaves the connection open for the next request
+    /// (HTTP/1.1's default, so no `Connection` header), else the head says
+    /// `Connection: close`. A kept-alive answer must be framed exactly: `Content-Length`
+    /// always (the length of the body a `GET` gets, also for `HEAD`), none and no body for
+    /// the statuses that never have one (RFC 9110 §6.4.1, §8.6).
+    pub(crate) fn encode_as(&self, keep_alive: bool) -> (Bytes, Bytes) {
         let mut head = format!(
             "HTTP/1.1 {} {}\r\n",
             self.status,
@@ -288,13 +327,31 @@ impl Response {
                 log::warn!("dropped invalid response header {name:?}");
                 continue;
             }
+            // The server frames the answer and says whether the connection ends: the same
+            // headers from the application would contradict it (and desynchronise the next
+            // answer on a kept-alive connection).
+            if ["content-length", "transfer-encoding", "connection"]
+                .iter()
+                .any(|h| name.eq_ignore_ascii_case(h))
+            {
+                continue;
+            }
             head.push_str(&format!("{name}: {value}\r\n"));
         }
-        head.push_str(&format!(
-            "Content-Length: {}\r\nConnection: close\r\n\r\n",
-            self.body.len()
-        ));
-        (Bytes::from(head), self.body.clone())
+        let bodiless = matches!(self.status, 100..=199 | 204 | 304);
+        if !bodiless {
+            head.push_str(&format!("Content-Length: {}\r\n", self.body.len()));
+        }
+        if !keep_alive {
+            head.push_str("Connection: close\r\n");
+        }
+        head.push_str("\r\n");
+        let body = if bodiless {
+            Bytes::new()
+        } else {
+            self.body.clone()
+        };
+        (Bytes::from(head), body)
     }
 }
 
@@ -315,8 +372,12 @@ pub enum Reply<D> {
         /// offer for this connection (its frames go plain). [`Reply::accept`] says `true`.
         compress: bool,
     },
-    /// Answer with this response and close the connection: a page, an API answer, or a
-    /// refusal (e.g. 404, 403).
+    /// Answer with this response: a page, an API answer, or a refusal (e.g. 404, 403). An
+    /// HTTP/1.1 connection stays open for the next request unless the client asked to close
+    /// it (`Connection: close`, HTTP/1.0, or a WebSocket handshake, refused by this answer),
+    /// the response says `Connection: close`,
+    /// [`Config::max_requests_per_connection`](crate::Config::max_requests_per_connection)
+    /// is reached, or the server is shutting down; see [`Response`].
     Respond(Response),
 }
 
@@ -764,6 +825,55 @@ mod tests {
         max_head: 8192,
         max_body: 1024,
     };
+
+    #[test]
+    fn answers_are_framed_for_keep_alive() {
+        let text = |r: &Response, keep: bool| {
+            let (head, body) = r.encode_as(keep);
+            String::from_utf8([head, body].concat()).unwrap()
+        };
+        let page = Response::text(200, "hi")
+            .header("Content-Length", "99")
+            .header("connection", "keep-alive")
+            .header("X-A", "1");
+        let want = "HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\nX-A: 1\r\n\
+                    Content-Length: 2\r\n";
+        assert_eq!(text(&page, true), format!("{want}\r\nhi"));
+        assert_eq!(
+            text(&page, false),
+            format!("{want}Connection: close\r\n\r\nhi")
+        );
+        assert!(!page.closes());
+        assert!(
+            Response::new(200)
+                .header("Connection", "foo, Close")
+                .closes()
+        );
+        assert!(Response::new(101).closes());
+        // No body, and no length, where a status never has one.
+        for status in [204, 304] {
+            let r = Response::new(status).body("dropped");
+            assert!(!text(&r, true).contains("Content-Length"));
+            assert!(text(&r, true).ends_with("\r\n\r\n"), "{status}");
+        }
+    }
+
+    #[test]
+    fn http_1_1_keeps_alive_unless_told_to_close() {
+        let keeps = |raw: &str| parse(raw.as_bytes(), None).unwrap().keeps_alive();
+        assert!(keeps("GET / HTTP/1.1\r\nHost: x\r\n\r\n"));
+        assert!(keeps(
+            "GET / HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\n\r\n"
+        ));
+        assert!(!keeps(
+            "GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, close\r\n\r\n"
+        ));
+        assert!(!keeps(
+            "GET / HTTP/1.1\r\nHost: x\r\nConnection: x\r\nConnection: CLOSE\r\n\r\n"
+        ));
+        assert!(!keeps("GET / HTTP/1.0\r\n\r\n"));
+        assert!(!keeps("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"));
+    }
 
     #[test]
     fn key_must_be_base64_of_16_bytes() {

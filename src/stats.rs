@@ -111,9 +111,13 @@ pub struct Stats {
     pub slow_consumer_closes: u64,
     /// Connections closed for sending no complete request within the handshake timeout.
     pub handshake_timeouts: u64,
-    /// Handshakes given up (answered `408`) to make room for a newcomer while every
+    /// Handshakes given up (answered `408`, or closed quietly if they were kept-alive
+    /// connections waiting for their next request) to make room for a newcomer while every
     /// handshake slot was taken ([`Config::max_handshakes`](crate::Config::max_handshakes)).
     pub handshake_evictions: u64,
+    /// Kept-alive HTTP connections closed for sending no next request within
+    /// [`Config::keep_alive_timeout`](crate::Config::keep_alive_timeout).
+    pub keep_alive_closes: u64,
     /// Connections dropped for not answering a keepalive ping.
     pub pong_timeouts: u64,
     /// Close handshakes the peer did not finish in time.

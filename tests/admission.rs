@@ -108,7 +108,7 @@ fn over_the_per_address_handshake_limit_the_client_reads_its_503() {
     // Another address is not affected.
     let mut other = connect_from(server.addr, Ipv4Addr::new(127, 0, 0, 9));
     other
-        .write_all(b"GET /page HTTP/1.1\r\nHost: x\r\n\r\n")
+        .write_all(b"GET /page HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         .unwrap();
     let response = read_to_close(&mut other);
     assert_eq!(status_line(&response), "HTTP/1.1 200 OK");

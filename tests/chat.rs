@@ -187,7 +187,7 @@ fn presence(from: &C, event: &str, room: &str) -> Value {
     json!({ "type": "presence", "from": from.me(), "event": event, "room": room })
 }
 
-/// A plain HTTP exchange: (status, head, body).
+/// A plain HTTP exchange on a connection of its own: (status, head, body).
 fn http(
     server: &Server,
     method: &str,
@@ -196,7 +196,8 @@ fn http(
     body: &str,
 ) -> (u16, String, String) {
     let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Length: {}\r\n{headers}\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Length: {}\r\n\
+         {headers}\r\n{body}",
         server.addr,
         body.len()
     );

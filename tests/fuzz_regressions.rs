@@ -48,7 +48,8 @@ fn site() -> (TestServer<Site>, Bodies) {
 }
 
 fn post(content_length: &[u8]) -> Vec<u8> {
-    let mut request = b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: ".to_vec();
+    let mut request =
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: ".to_vec();
     request.extend_from_slice(content_length);
     request.extend_from_slice(b"\r\n\r\nhello");
     request

@@ -1,5 +1,7 @@
 //! Plain HTTP on the WebSocket port: pages and request bodies reach the handler, and
 //! requests the server cannot serve get a specific status, a reason, and a closed socket.
+//! (Requests here say `Connection: close` where the test reads to EOF; keep-alive has its
+//! own tests in keepalive.rs.)
 
 mod common;
 
@@ -102,10 +104,11 @@ fn page_and_socket_share_one_port() {
     for _ in 0..3 {
         assert_page(&raw_exchange(
             server.addr,
-            b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
         ));
     }
-    slow.write_all(b"st: x\r\n\r\n").unwrap();
+    slow.write_all(b"st: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
     assert_page(&read_to_close(&mut slow));
 
     ws.send(tungstenite::Message::text("after")).unwrap();
@@ -142,7 +145,7 @@ fn post_echo(server: &TestServer<Site>, body: &[u8], pieces: &[usize], pause: Du
     // Fail in 3 s rather than at the server's 10 s handshake timeout.
     s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
     let mut bytes = format!(
-        "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+        "POST /echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
         body.len()
     )
     .into_bytes();
@@ -195,7 +198,8 @@ fn post_body_arriving_after_the_head_reaches_the_handler() {
     let (site, log) = site();
     let server = start(Config::default(), site);
     let body = binary_body();
-    let head_len = "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 3000\r\n\r\n".len();
+    let head_len =
+        "POST /echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 3000\r\n\r\n".len();
     // Head alone, then the body in two parts.
     post_echo(
         &server,
@@ -223,9 +227,9 @@ fn unservable_requests_get_specific_statuses_and_the_socket_closes() {
 
     // A GET whose head (request line, headers, blank line) is exactly `len` bytes.
     let head_of = |len: usize| {
-        let fixed = "GET / HTTP/1.1\r\nHost: x\r\nX-Pad: \r\n\r\n".len();
+        let fixed = "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Pad: \r\n\r\n".len();
         format!(
-            "GET / HTTP/1.1\r\nHost: x\r\nX-Pad: {}\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Pad: {}\r\n\r\n",
             "p".repeat(len - fixed)
         )
     };
@@ -289,7 +293,7 @@ fn unservable_requests_get_specific_statuses_and_the_socket_closes() {
         ),
         (
             "unknown path",
-            "GET /missing HTTP/1.1\r\nHost: x\r\n\r\n".to_owned(),
+            "GET /missing HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_owned(),
             "HTTP/1.1 404 Not Found",
             "no such page",
         ),
@@ -340,7 +344,9 @@ fn unservable_requests_get_specific_statuses_and_the_socket_closes() {
 
     // A body at exactly the limit is accepted.
     let body = vec![b'x'; 4096];
-    let mut req = b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 4096\r\n\r\n".to_vec();
+    let mut req =
+        b"POST /echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 4096\r\n\r\n"
+            .to_vec();
     req.extend_from_slice(&body);
     let (status, _, got_body) = parse_response(&raw_exchange(server.addr, &req));
     assert_eq!(status, "HTTP/1.1 200 OK");
@@ -381,7 +387,8 @@ fn expect_100_continue_gets_an_interim_answer_before_the_body() {
     let body = binary_body();
     let mut s = raw_connect(server.addr);
     let head = format!(
-        "POST /echo HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n",
+        "POST /echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\nExpect: 100-continue\r\n\
+         Content-Length: {}\r\n\r\n",
         body.len()
     );
     s.write_all(head.as_bytes()).unwrap();
@@ -402,8 +409,14 @@ fn head_gets_the_head_of_the_answer_without_its_body() {
     let (site, _) = site();
     let server = start(Config::default(), site);
     // The site answers both with the same 404 and its reason.
-    let get = raw_exchange(server.addr, b"GET /nope HTTP/1.1\r\nHost: x\r\n\r\n");
-    let head = raw_exchange(server.addr, b"HEAD /nope HTTP/1.1\r\nHost: x\r\n\r\n");
+    let get = raw_exchange(
+        server.addr,
+        b"GET /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    let head = raw_exchange(
+        server.addr,
+        b"HEAD /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
     let get_head = &get[..get.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4];
     assert!(!body(&get).is_empty());
     assert_eq!(

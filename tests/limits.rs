@@ -113,7 +113,10 @@ fn an_upgrade_over_max_connections_gets_503_with_a_reason() {
     assert_eq!(status_line(&response), "HTTP/1.1 503 Service Unavailable");
     assert_eq!(body(&response), "too many connections");
     // Plain HTTP is still served.
-    let page = raw_exchange(server.addr, b"GET /page HTTP/1.1\r\nHost: x\r\n\r\n");
+    let page = raw_exchange(
+        server.addr,
+        b"GET /page HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
     assert_eq!(status_line(&page), "HTTP/1.1 200 OK");
     assert_eq!(body(&page), "a page");
     // The open ones are unaffected, and a slot that frees up can be taken.

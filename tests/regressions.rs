@@ -153,7 +153,7 @@ fn a_slow_but_steady_http_download_is_not_cut_by_close_timeout() {
         Echo,
     );
     let mut s = connect_with_rcvbuf(server.addr, 16 * 1024);
-    s.write_all(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+    s.write_all(b"GET /big HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         .unwrap();
     let mut got = Vec::new();
     let mut chunk = [0u8; 16 * 1024];

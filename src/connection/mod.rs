@@ -2,13 +2,22 @@
 //! transition is a method here.
 //!
 //! ```text
+//!   (HTTP answer, keep-alive: the next request)
+//!                ┌──┐
+//!                ▼  │
 //!  accept ──► Handshaking ──(101)──► Open ──(server sends close)──► Closing
 //!                 │                   │                               │
-//!                 │(HTTP answer)      │(peer's close, protocol error) │(peer's close)
+//!                 │(HTTP answer,      │(peer's close, protocol error) │(peer's close)
+//!                 │ closing)          │                               │
 //!                 ▼                   ▼                               ▼
 //!             Lingering ◄─────────────┴───────────────────────────────┘
 //!   (flush the last bytes, shut down our side, wait for the peer's EOF) ──► removed
 //! ```
+//! An answered plain HTTP request either ends the connection (Lingering, `Connection::answered`)
+//! or starts the next request with a fresh buffer (`Connection::keep_alive`), which holds
+//! the bytes already read after the answered one (pipelining). Between two requests the
+//! connection is Handshaking with an empty buffer (`Handshake::between_requests`).
+//!
 //! Timeouts and I/O errors remove a connection from any phase. `on_close` runs when a
 //! connection leaves Open/Closing, exactly once.
 
@@ -27,7 +36,7 @@ pub(crate) use session::{Fed, FeedContext, Session};
 
 /// Where a connection is in its life. See the module docs for the transitions.
 pub(crate) enum Phase<D> {
-    /// Reading the HTTP request.
+    /// Reading an HTTP request (the first, or on a kept-alive connection the next).
     Handshaking(Box<Handshake>),
     /// A WebSocket: messages flow both ways.
     Open(Session<D>),
@@ -54,8 +63,19 @@ pub(crate) struct Handshake {
     pub(crate) buf: Vec<u8>,
     pub(crate) scan: crate::http::Scan,
     /// When the request must be complete (ticks): set at accept, shorter when the
-    /// handshake slots are filling up.
+    /// handshake slots are filling up. Between two requests of a kept-alive connection:
+    /// when it closes for idleness (`server::timeouts` also waits for the last answer to be
+    /// written); reset to a handshake deadline when the next request starts arriving.
     pub(crate) deadline: u64,
+    /// Requests already answered on this connection (keep-alive).
+    pub(crate) served: usize,
+}
+
+impl Handshake {
+    /// A kept-alive connection waiting for its next request: nothing of it has arrived.
+    pub(crate) fn between_requests(&self) -> bool {
+        self.served > 0 && self.buf.is_empty()
+    }
 }
 
 /// Where a connection's send queue stands against the drain watermark.
@@ -111,6 +131,7 @@ impl<D> Connection<D> {
                 buf: Vec::new(),
                 scan: Default::default(),
                 deadline,
+                served: 0,
             })),
             outbox: Outbox::default(),
             last_read: now,
@@ -145,9 +166,15 @@ impl<D> Connection<D> {
         matches!(self.phase, Phase::Handshaking(_))
     }
 
-    /// Still handshaking, and nothing of the request has arrived yet.
+    /// Still handshaking, and nothing at all has arrived yet (a kept-alive connection
+    /// between requests is not silent: see `is_between_requests`).
     pub(crate) fn is_silent(&self) -> bool {
-        matches!(&self.phase, Phase::Handshaking(h) if h.buf.is_empty())
+        matches!(&self.phase, Phase::Handshaking(h) if h.buf.is_empty() && h.served == 0)
+    }
+
+    /// A kept-alive connection waiting for its next request.
+    pub(crate) fn is_between_requests(&self) -> bool {
+        matches!(&self.phase, Phase::Handshaking(h) if h.between_requests())
     }
 
     /// Handshaking → Open. Returns false (and changes nothing) in any other phase.
@@ -167,6 +194,29 @@ impl<D> Connection<D> {
             return false;
         }
         self.phase = lingering(now);
+        true
+    }
+
+    /// Handshaking → Lingering without an answer: nothing is owed for the request in
+    /// progress (none has started on a kept-alive connection, or the peer has gone), but
+    /// what is queued still goes out. Returns false (and changes nothing) in any other phase.
+    pub(crate) fn hang_up(&mut self, now: u64) -> bool {
+        self.answered(now)
+    }
+
+    /// Handshaking → Handshaking: an HTTP answer is queued and the connection stays open
+    /// for the next request, which starts with `pipelined` (the bytes read after the
+    /// answered request, possibly none) and a fresh scan. `deadline`: when that request must
+    /// be complete if it has started, else when the idle connection closes. Returns false
+    /// (and changes nothing) in any other phase.
+    pub(crate) fn keep_alive(&mut self, pipelined: Vec<u8>, deadline: u64) -> bool {
+        let Phase::Handshaking(handshake) = &mut self.phase else {
+            return false;
+        };
+        handshake.buf = pipelined;
+        handshake.scan = Default::default();
+        handshake.deadline = deadline;
+        handshake.served += 1;
         true
     }
 

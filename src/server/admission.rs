@@ -7,6 +7,9 @@
 //!   not refused; the oldest handshake goes instead (the oldest that has sent nothing, if one
 //!   is near the front), since a real client sends its request within milliseconds.
 //! - The handshake deadline of a newcomer shrinks as the slots fill (see [`deadline`]).
+//! - A kept-alive HTTP connection keeps its handshake slot from one request to the next (see
+//!   [`Admission::between_requests`] for why); while it waits for its next request it is
+//!   the first to go when a newcomer needs a slot.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
@@ -28,6 +31,15 @@ pub(crate) struct Admission {
     /// Handshakes, oldest first. Entries of connections that finished their handshake stay
     /// until they reach the front or the queue is compacted (see `queue`).
     queue: VecDeque<ConnId>,
+    /// Kept-alive connections waiting for their next request, in the order they started
+    /// waiting: the first to give up for a newcomer. An entry goes stale when its next
+    /// request starts or the connection goes; `idle` holds the ones that are not.
+    between: VecDeque<(ConnId, u64)>,
+    /// The idle ones, each with the number of its entry in `between` (entries of an earlier
+    /// wait of the same connection do not match it).
+    idle: HashMap<ConnId, u64>,
+    /// The number of the next entry in `between`.
+    waits: u64,
     /// Source address → its entry in `addrs`.
     index: HashMap<IpAddr, usize>,
     addrs: Slab<PerAddr>,
@@ -112,7 +124,48 @@ impl Admission {
         if self.queue.len() > 2 * self.handshaking + 64 {
             self.queue.retain(|&id| handshaking(id));
         }
+        if self.idle.len() > 2 * self.handshaking + 64 {
+            // Some idle connections went without saying (e.g. a write failed): forget them.
+            self.idle.retain(|&id, _| handshaking(id));
+            self.compact_between();
+        }
         self.queue.push_back(id);
+    }
+
+    /// A kept-alive connection answered a request and waits for the next one.
+    ///
+    /// It keeps the handshake slot it has (and its place in the queue) rather than giving
+    /// it up and asking for one again, so that:
+    /// - between requests it still counts against `max_handshakes` and its address's
+    ///   `max_handshakes_per_addr`: one address cannot park more idle connections than
+    ///   it may have handshakes, and the slot cannot be lost to a newcomer mid-conversation
+    ///   only to be refused at the next request;
+    /// - it holds the slot for a bounded time: `keep_alive_timeout` while idle, the
+    ///   handshake timeout per request, `max_requests_per_connection` requests in all;
+    /// - when the slots run out it is the first to go ([`Admission::victim`]), quietly: it
+    ///   owes no answer and asked nothing, and a client retries a request on a reused
+    ///   connection that closed (RFC 9112 §9.3.1), so no newcomer is turned away for it.
+    pub(crate) fn between_requests(&mut self, id: ConnId) {
+        let wait = self.waits;
+        self.waits += 1;
+        self.idle.insert(id, wait);
+        self.between.push_back((id, wait));
+        if self.between.len() > 2 * self.idle.len() + 64 {
+            self.compact_between();
+        }
+    }
+
+    /// A kept-alive connection's next request started arriving, or it is going: it is no
+    /// longer idle.
+    pub(crate) fn request_started(&mut self, id: ConnId) {
+        self.idle.remove(&id);
+    }
+
+    /// Drops the stale entries of `between` (amortised O(1): each pass removes at least
+    /// half of it).
+    fn compact_between(&mut self) {
+        let Admission { between, idle, .. } = self;
+        between.retain(|(id, wait)| idle.get(id) == Some(wait));
     }
 
     /// A handshake ended (upgraded, answered, or the socket went).
@@ -135,10 +188,19 @@ impl Admission {
         }
     }
 
-    /// The handshake to give up for a newcomer: the oldest silent one among the first few,
-    /// else the oldest. `state` says of an id whether it is still handshaking, and if so
-    /// whether it has sent nothing yet.
+    /// The handshake to give up for a newcomer: the kept-alive connection idle the longest
+    /// between two requests, else the oldest silent one among the first few, else the
+    /// oldest. `state` says of an id whether it is still handshaking, and if so whether it
+    /// has sent nothing yet.
     pub(crate) fn victim(&mut self, state: impl Fn(ConnId) -> Option<bool>) -> Option<ConnId> {
+        while let Some((id, wait)) = self.between.pop_front() {
+            if self.idle.get(&id) == Some(&wait) {
+                self.idle.remove(&id);
+                if state(id).is_some() {
+                    return Some(id);
+                }
+            }
+        }
         while let Some(&front) = self.queue.front() {
             if state(front).is_some() {
                 break;

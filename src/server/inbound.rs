@@ -6,7 +6,7 @@ use std::mem;
 
 use bytes::Bytes;
 
-use super::admission::Refusal;
+use super::admission::{self, Refusal};
 use super::{Life, READS_PER_TURN, Server, abnormal};
 use crate::connection::{Fed, FeedContext, Phase, Pressure, Session};
 use crate::deflate::{self, Agreed, PerConnection};
@@ -20,6 +20,14 @@ impl<H: Handler> Server<H> {
         let Some(id) = self.core.id_of(key) else {
             return;
         };
+        // Pipelined requests left unanswered while the answers before them drained
+        // (read-side backpressure, see `on_request_bytes`) come before anything new.
+        if self.core.get(id).is_some_and(|c| {
+            c.pressure != Pressure::ReadsPaused
+                && matches!(&c.phase, Phase::Handshaking(h) if !h.buf.is_empty())
+        }) {
+            self.on_request_bytes(id, &[]);
+        }
         let mut buf = mem::take(&mut self.read_buf);
         for reads in 0.. {
             if reads == READS_PER_TURN {
@@ -36,8 +44,9 @@ impl<H: Handler> Server<H> {
             if conn.pressure == Pressure::ReadsPaused || conn.is_peer_closed() {
                 break;
             }
-            if conn.is_open() && conn.outbox.queued() > limit {
-                // Read-side backpressure: this peer is not reading what it asks for.
+            if (conn.is_open() || conn.is_handshaking()) && conn.outbox.queued() > limit {
+                // Read-side backpressure: this peer is not reading what it asks for
+                // (messages, or the answers to kept-alive requests).
                 conn.pressure = Pressure::ReadsPaused;
                 break;
             }
@@ -81,9 +90,14 @@ impl<H: Handler> Server<H> {
             return;
         };
         let eof = abnormal("connection closed without a close frame");
-        if conn.outbox.is_empty() || conn.is_handshaking() {
+        if conn.outbox.is_empty() {
             self.remove(id, eof);
             return;
+        }
+        if conn.is_handshaking() {
+            // Answers to earlier requests of a kept-alive connection are still queued: they
+            // go out, and the request in progress (if any) never will be complete.
+            self.hang_up(id);
         }
         self.core.finish(id, eof);
         if let Some(conn) = self.core.get_mut(id) {
@@ -91,60 +105,121 @@ impl<H: Handler> Server<H> {
         }
     }
 
+    /// Adds request bytes to the connection's buffer and serves every request complete in
+    /// it, in order: on a kept-alive connection the bytes after an answered request (sent
+    /// in the same read: pipelining) are the next request, served now, not at the next
+    /// readable event.
     fn on_request_bytes(&mut self, id: ConnId, bytes: &[u8]) {
         let config = &self.core.shared.config;
         let limits = Limits {
             max_head: config.max_request_bytes,
             max_body: config.max_body_bytes,
         };
+        let max_requests = config.max_requests_per_connection.max(1);
         let Some((conn, shared)) = self.core.split(id) else {
             return;
         };
         let Phase::Handshaking(handshake) = &mut conn.phase else {
             return;
         };
-        handshake.buf.extend_from_slice(bytes);
-        let len = match http::progress(&handshake.buf, &mut handshake.scan, &limits) {
-            Progress::Incomplete => {
-                if handshake.scan.take_continue() {
-                    shared.push_owed(conn, id, Bytes::from_static(http::CONTINUE));
-                }
-                return;
-            }
-            Progress::Complete { len } => len,
-            Progress::Invalid(response) => {
-                self.respond(id, &response, true);
-                return;
-            }
-        };
-        // The request leaves the connection (which stays Handshaking until it is answered),
-        // so the handler can read it while it changes the table.
-        let request = mem::take(&mut handshake.buf);
-        let peer = conn.transport.socket().peer_addr().ok();
-        let Some(mut req) = http::parse(&request[..len], peer) else {
-            self.respond(id, &Response::text(400, "malformed request"), true);
-            return;
-        };
-        if conn.transport.is_tls() {
-            req.set_tls(conn.transport.server_name());
+        if handshake.between_requests() && !bytes.is_empty() {
+            // The next request starts arriving: from now on it has a handshake's time
+            // (shorter as the slots fill), not the idle connection's.
+            let timeout = admission::deadline(&shared.config, shared.admission.handshaking());
+            handshake.deadline = shared.after(timeout);
+            shared.admission.request_started(id);
         }
-        let reply = if self.life == Life::Running {
-            self.callback(|handler, ctx| handler.on_request(ctx, &req))
-                .unwrap_or_else(|| Reply::Respond(Response::text(500, "internal error")))
-        } else {
-            Reply::Respond(Response::text(503, "server shutting down"))
-        };
-        match reply {
-            // What a GET would get, without the body (RFC 9110 §9.3.2).
-            Reply::Respond(response) => self.respond(id, &response, req.method() != "HEAD"),
-            Reply::Accept {
-                data,
-                protocol,
-                compress,
-            } => match self.check_upgrade(&req, protocol, compress) {
-                Ok(upgrade) => self.open(id, upgrade, data, &request[len..]),
-                Err(refusal) => self.respond(id, &refusal, true),
-            },
+        handshake.buf.extend_from_slice(bytes);
+        shared.schedule(conn, id);
+        loop {
+            let Some((conn, shared)) = self.core.split(id) else {
+                return;
+            };
+            let queued = conn.outbox.queued();
+            let Phase::Handshaking(handshake) = &mut conn.phase else {
+                return;
+            };
+            if handshake.buf.is_empty() {
+                return;
+            }
+            if queued > shared.config.max_backpressure {
+                // Pipelined requests from a client that does not read the answers: the rest
+                // waits (unread, unparsed) until the queue drains, then `read_ready` goes on.
+                conn.pressure = Pressure::ReadsPaused;
+                return;
+            }
+            let len = match http::progress(&handshake.buf, &mut handshake.scan, &limits) {
+                Progress::Incomplete => {
+                    if handshake.scan.take_continue() {
+                        shared.push_owed(conn, id, Bytes::from_static(http::CONTINUE));
+                    }
+                    return;
+                }
+                Progress::Complete { len } => len,
+                Progress::Invalid(response) => {
+                    // The request cannot be framed: nothing after it can be trusted.
+                    self.answer(id, &response, true, None);
+                    return;
+                }
+            };
+            // The request leaves the connection (which stays Handshaking until it is
+            // answered), so the handler can read it while it changes the table.
+            let mut request = mem::take(&mut handshake.buf);
+            let last = handshake.served + 1 >= max_requests;
+            let peer = conn.transport.socket().peer_addr().ok();
+            let Some(mut req) = http::parse(&request[..len], peer) else {
+                self.answer(id, &Response::text(400, "malformed request"), true, None);
+                return;
+            };
+            if conn.transport.is_tls() {
+                req.set_tls(conn.transport.server_name());
+            }
+            let running = self.life == Life::Running;
+            let (reply, own) = if running {
+                match self.callback(|handler, ctx| handler.on_request(ctx, &req)) {
+                    Some(reply) => (reply, true),
+                    None => (Reply::Respond(Response::text(500, "internal error")), false),
+                }
+            } else {
+                (
+                    Reply::Respond(Response::text(503, "server shutting down")),
+                    false,
+                )
+            };
+            match reply {
+                Reply::Respond(response) => {
+                    // What a GET would get, without the body (RFC 9110 §9.3.2).
+                    let with_body = req.method() != "HEAD";
+                    // Only the application's own answers keep the connection: the server's
+                    // (a panic's 500, shutdown's 503) end it, as do the client
+                    // (`Connection: close`, HTTP/1.0), the application (its own
+                    // `Connection: close`) and the request limit. A WebSocket handshake
+                    // answered plainly (refused) ends it too: its client gives the
+                    // connection up (RFC 6455 §4.1).
+                    let keep = own
+                        && req.keeps_alive()
+                        && !req.is_websocket()
+                        && !response.closes()
+                        && !last;
+                    if !keep {
+                        self.answer(id, &response, with_body, None);
+                        return;
+                    }
+                    request.drain(..len);
+                    self.answer(id, &response, with_body, Some(request));
+                }
+                Reply::Accept {
+                    data,
+                    protocol,
+                    compress,
+                } => {
+                    match self.check_upgrade(&req, protocol, compress) {
+                        Ok(upgrade) => self.open(id, upgrade, data, &request[len..]),
+                        Err(refusal) => self.answer(id, &refusal, true, None),
+                    }
+                    return;
+                }
+            }
         }
     }
 
@@ -184,18 +259,65 @@ impl<H: Handler> Server<H> {
         })
     }
 
-    /// Answers a request as plain HTTP: Handshaking → Lingering, and the connection closes
-    /// once the answer is written. `with_body: false` answers a HEAD request: the head names
-    /// the body's length, but the body stays home.
-    pub(super) fn respond(&mut self, id: ConnId, response: &Response, with_body: bool) {
+    /// Answers a request as plain HTTP. `next`: keep the connection open for the next
+    /// request, which starts with these bytes (read after the answered request: pipelining)
+    /// — Handshaking again, with a fresh buffer; `None`: the answer says
+    /// `Connection: close` and is the last thing said — Handshaking → Lingering, and the
+    /// connection closes once it is written. `with_body: false` answers a HEAD request: the
+    /// head names the body's length, but the body stays home.
+    fn answer(&mut self, id: ConnId, response: &Response, with_body: bool, next: Option<Vec<u8>>) {
         let Some((conn, shared)) = self.core.split(id) else {
             return;
         };
-        if !conn.answered(shared.now) {
+        let Some(pipelined) = next else {
+            if conn.answered(shared.now) {
+                shared.admission.end_handshake(conn.addr);
+                shared.admission.request_started(id);
+                shared.push_response(conn, id, response, with_body, false);
+            }
             return;
+        };
+        // The connection keeps its handshake slot: see `Admission::between_requests`.
+        let idle = pipelined.is_empty();
+        let timeout = if idle {
+            shared.config.keep_alive_timeout
+        } else {
+            admission::deadline(&shared.config, shared.admission.handshaking())
+        };
+        if conn.keep_alive(pipelined, shared.after(timeout)) {
+            if idle {
+                shared.admission.between_requests(id);
+            }
+            shared.push_response(conn, id, response, with_body, true);
         }
-        shared.admission.end_handshake(conn.addr);
-        shared.push_response(conn, id, response, with_body);
+    }
+
+    /// Answers a request the server refuses (here: a handshake given up for a newcomer)
+    /// and closes the connection: Handshaking → Lingering. A kept-alive connection waiting
+    /// for its next request has asked nothing, so it gets no answer: it is closed quietly
+    /// (after what it is still owed), and its client retries on a new connection
+    /// (RFC 9112 §9.3.1) rather than read an answer to a request it has not sent.
+    pub(super) fn respond(&mut self, id: ConnId, response: &Response, with_body: bool) {
+        if self.core.get(id).is_some_and(|c| c.is_between_requests()) {
+            self.hang_up(id);
+        } else {
+            self.answer(id, response, with_body, None);
+        }
+    }
+
+    /// Handshaking → Lingering with no answer (see `Connection::hang_up`): what is queued
+    /// goes out, then our side shuts down.
+    fn hang_up(&mut self, id: ConnId) {
+        let Some((conn, shared)) = self.core.split(id) else {
+            return;
+        };
+        if conn.hang_up(shared.now) {
+            shared.admission.end_handshake(conn.addr);
+            shared.admission.request_started(id);
+            shared.schedule(conn, id);
+            // The flush shuts our side down, so it is due even with nothing queued.
+            shared.mark_dirty(conn, id);
+        }
     }
 
     /// Turns away a connection that never got a handshake slot: it lingers with its `503`,
@@ -205,7 +327,8 @@ impl<H: Handler> Server<H> {
             return;
         };
         if conn.answered(shared.now) {
-            shared.push_response(conn, id, &Response::text(503, refusal.reason()), true);
+            let refusal = Response::text(503, refusal.reason());
+            shared.push_response(conn, id, &refusal, true, false);
         }
     }
 
@@ -220,6 +343,7 @@ impl<H: Handler> Server<H> {
             return;
         }
         shared.admission.end_handshake(conn.addr);
+        shared.admission.request_started(id);
         let extensions = upgrade.deflate.map(|agreed| agreed.response());
         let head = http::switching_protocols(
             &upgrade.accept_key,

@@ -188,15 +188,17 @@ impl<D> Shared<D> {
         self.queued(conn, id, len);
     }
 
-    /// Queues a plain HTTP answer (the connection is Lingering: it is the last thing said).
+    /// Queues a plain HTTP answer: the last thing said (the connection is Lingering), or
+    /// with `keep_alive` one of several (it is Handshaking again, for the next request).
     pub(crate) fn push_response(
         &mut self,
         conn: &mut Connection<D>,
         id: ConnId,
         response: &Response,
         with_body: bool,
+        keep_alive: bool,
     ) {
-        let (head, body) = response.encode();
+        let (head, body) = response.encode_as(keep_alive);
         self.stats.http_responses += 1;
         if response.status() >= 400 {
             self.stats.rejected.count(response.status());

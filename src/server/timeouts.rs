@@ -1,6 +1,6 @@
-//! Deadlines: each connection's next one (handshake, keepalive, close, write stall, linger),
-//! and what happens when one comes due; application timers and the accept backoff fire here
-//! too.
+//! Deadlines: each connection's next one (handshake, HTTP keep-alive, WebSocket keepalive,
+//! close, write stall, linger), and what happens when one comes due; application timers and
+//! the accept backoff fire here too.
 
 use std::mem;
 use std::num::NonZeroU64;
@@ -22,6 +22,16 @@ impl<D> Shared<D> {
         let at = |from: u64, d: Duration| from.saturating_add(millis(d));
         let stall = at(conn.last_write, c.write_stall_timeout);
         match &conn.phase {
+            // A kept-alive connection between requests: idle for `keep_alive_timeout` once
+            // its last answer is written; while that is being written, a slow reader is not
+            // cut off while it makes progress.
+            Phase::Handshaking(h) if h.between_requests() => {
+                if conn.outbox.is_empty() {
+                    h.deadline.max(at(conn.last_write, c.keep_alive_timeout))
+                } else {
+                    stall
+                }
+            }
             Phase::Handshaking(h) => h.deadline,
             Phase::Open(session) => {
                 let keepalive = match session.ping_sent {
@@ -158,14 +168,14 @@ impl<H: Handler> Server<H> {
             return;
         }
         let stall = millis(shared.config.write_stall_timeout);
+        let stalled = !conn.outbox.is_empty() && now >= conn.last_write.saturating_add(stall);
         let expired = match &mut conn.phase {
-            Phase::Handshaking(_) => {
+            Phase::Handshaking(h) if !h.between_requests() => {
                 shared.stats.handshake_timeouts += 1;
                 abnormal("handshake timeout")
             }
-            Phase::Open(_)
-                if !conn.outbox.is_empty() && now >= conn.last_write.saturating_add(stall) =>
-            {
+            // Open, or kept-alive between requests with its last answer not taken.
+            Phase::Open(_) | Phase::Handshaking(_) if stalled => {
                 match shared.judge_stall(conn, id) {
                     Stall::Alive => {
                         shared.schedule(conn, id);
@@ -184,6 +194,29 @@ impl<H: Handler> Server<H> {
                     }
                     Stall::Failed => abnormal("write failed"),
                 }
+            }
+            Phase::Handshaking(_) => {
+                // Kept-alive, idle since its last answer was written. The kernel may still
+                // hold much of that answer (send buffers grow to megabytes): a client still
+                // acknowledging it is reading, not idle, and gets more time.
+                if unacked_bytes(conn.transport.socket()).is_some_and(|n| n > 0) {
+                    match shared.judge_stall(conn, id) {
+                        Stall::Alive => {
+                            shared.schedule(conn, id);
+                            return;
+                        }
+                        Stall::Wait(at) => {
+                            conn.timer_at = conn.timer_at.min(at);
+                            shared.timers.schedule(at, TimerKey::Conn(id));
+                            return;
+                        }
+                        Stall::Stalled | Stall::Failed => {}
+                    }
+                }
+                // Closed without a word (it asked nothing).
+                shared.stats.keep_alive_closes += 1;
+                shared.admission.request_started(id);
+                abnormal("keep-alive timeout")
             }
             Phase::Open(session) if session.ping_sent.is_some() => {
                 shared.stats.pong_timeouts += 1;
