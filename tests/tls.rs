@@ -71,7 +71,7 @@ fn wss_echo_and_https_with_request_telling_tls_and_sni() {
 
     // Plain HTTPS on the same port.
     let mut s = connect(server.addr, "localhost", &trusted);
-    s.write_all(b"GET /page HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    s.write_all(b"GET /page HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
         .unwrap();
     let mut response = Vec::new();
     let _ = s.read_to_end(&mut response);
@@ -278,4 +278,33 @@ fn a_tls_client_that_stops_reading_is_a_slow_consumer_with_a_bounded_queue() {
         "a queue reached {} bytes",
         stats.peak_queued_bytes
     );
+}
+
+#[test]
+fn https_keep_alive_then_an_upgrade_on_the_same_tls_connection() {
+    let (tls, trusted) = localhost();
+    let app = Echo::default();
+    let seen = app.seen.clone();
+    let server = start(Config::default().tls(tls), app);
+    let mut s = connect(server.addr, "localhost", &trusted);
+    // Two plain requests, each answered on the same connection...
+    for _ in 0..2 {
+        s.write_all(b"GET /page HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .unwrap();
+        let mut answer = Vec::new();
+        while !answer.ends_with(b"over TLS") {
+            let mut chunk = [0u8; 512];
+            let n = s
+                .read(&mut chunk)
+                .expect("the answer, on a kept-alive connection");
+            assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&answer));
+            answer.extend_from_slice(&chunk[..n]);
+        }
+        assert!(answer.starts_with(b"HTTP/1.1 200"));
+    }
+    // ...then the upgrade.
+    let url = format!("wss://localhost:{}/ws", server.addr.port());
+    let (mut ws, _) = tungstenite::client::client(url, s).expect("upgrade after two requests");
+    echo_round(&mut ws, "after keep-alive");
+    assert_eq!(seen.lock().unwrap().len(), 3);
 }
