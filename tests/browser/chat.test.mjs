@@ -1,8 +1,15 @@
 // End-to-end test of the chat page in Debian's headless Chromium, driven by playwright-core.
 // scripts/browser-test builds and starts the chat example and runs this with:
-//   CHAT_URL          the running server, e.g. http://127.0.0.1:18080/
+//   CHAT_URL          the running server, e.g. http://127.0.0.1:18080/ (https://… with
+//                     scripts/browser-test --tls: then every page, socket and fetch goes
+//                     over TLS, and the https-only case below runs)
 //   CHAT_PUSH_TOKEN   the token it was started with
 //   CHAT_BIN          the chat binary (the restart test starts its own server with it)
+//   CHAT_TLS_CERT, CHAT_TLS_KEY
+//                     (https only) the PEM certificate and key the server was started
+//                     with: the restart test starts its own server with them too. The
+//                     certificate is self-signed: the browser contexts ignore HTTPS errors,
+//                     and node's fetch trusts it through NODE_EXTRA_CA_CERTS.
 //   CHAT_SCREENSHOT   where to save the 1280×800 screenshot (default
 //                     ../../target/chat-screenshot.png); chat-1280.png, chat-390.png and
 //                     chat-390-rooms.png are written beside it on every run
@@ -13,8 +20,8 @@
 //
 // A person is a browser context (its own localStorage, so its own identity). The people at
 // 1280×800 share one context and are told apart by origin (http://127.0.0.1:PORT and
-// http://localhost:PORT); the people on phones and the later visitors get contexts of their
-// own.
+// http://localhost:PORT, or https://…); the people on phones and the later visitors get
+// contexts of their own.
 
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
@@ -28,6 +35,11 @@ const HERE = path.dirname(fileURLToPath(import.meta.url));
 const BASE = process.env.CHAT_URL;
 if (!BASE) throw new Error("CHAT_URL is not set (run scripts/browser-test)");
 const ALT = BASE.replace("//127.0.0.1:", "//localhost:");
+const TLS = new URL(BASE).protocol === "https:";
+const TLS_FILES = ["--tls-cert", process.env.CHAT_TLS_CERT, "--tls-key", process.env.CHAT_TLS_KEY];
+if (TLS && !(process.env.CHAT_TLS_CERT && process.env.CHAT_TLS_KEY)) {
+  throw new Error("CHAT_URL is https:// but CHAT_TLS_CERT/CHAT_TLS_KEY are not set (run scripts/browser-test --tls)");
+}
 const TOKEN = process.env.CHAT_PUSH_TOKEN || "";
 const SCREENSHOT = process.env.CHAT_SCREENSHOT || path.join(HERE, "../../target/chat-screenshot.png");
 const SHOTS = path.dirname(SCREENSHOT);
@@ -42,7 +54,7 @@ const contexts = [];
 const pages = {};
 const dialogs = [];
 const pageErrors = [];
-const handshakes = new Map(); // page -> [{status, headers, requestHeaders}], as Chromium saw them
+const handshakes = new Map(); // page -> [{status, headers, requestHeaders, url}], as Chromium saw them
 
 before(async () => {
   browser = await chromium.launch({
@@ -63,7 +75,8 @@ after(async () => {
 
 /** A new person: a browser context of its own (own storage), with this viewport. */
 async function person(viewport) {
-  const context = await browser.newContext({ viewport });
+  // Over https the certificate is self-signed: the context takes it (for pages and sockets).
+  const context = await browser.newContext({ viewport, ignoreHTTPSErrors: TLS });
   context.setDefaultTimeout(STEP);
   contexts.push(context);
   return context;
@@ -75,7 +88,10 @@ async function open(context, url) {
   const shakes = [];
   handshakes.set(page, shakes);
   const cdp = await context.newCDPSession(page);
-  cdp.on("Network.webSocketHandshakeResponseReceived", ({ response }) => shakes.push(response));
+  const urls = new Map(); // requestId -> the socket's URL
+  cdp.on("Network.webSocketCreated", ({ requestId, url: wsUrl }) => urls.set(requestId, wsUrl));
+  cdp.on("Network.webSocketHandshakeResponseReceived", ({ requestId, response }) =>
+    shakes.push({ ...response, url: urls.get(requestId) }));
   await cdp.send("Network.enable");
   page.on("dialog", async (d) => { dialogs.push(d.message()); await d.dismiss().catch(() => {}); });
   page.on("pageerror", (e) => pageErrors.push(`${url}: ${e.message}`));
@@ -648,12 +664,13 @@ test("after a server restart the page reconnects with backoff and rejoins its ro
 /** Starts the chat binary on `addr`; resolves with {proc, url} once it printed its URL. */
 function startServer(addr) {
   return new Promise((resolve, reject) => {
-    const proc = spawn(process.env.CHAT_BIN, [addr, "--history", "20"], { stdio: ["ignore", "pipe", "inherit"] });
+    const args = [addr, "--history", "20", ...(TLS ? TLS_FILES : [])];
+    const proc = spawn(process.env.CHAT_BIN, args, { stdio: ["ignore", "pipe", "inherit"] });
     const timer = setTimeout(() => { proc.kill("SIGKILL"); reject(new Error(`server on ${addr} did not start`)); }, STEP);
     let out = "";
     proc.stdout.on("data", (chunk) => {
       out += chunk;
-      const m = out.match(/^(http:\/\/\S+)$/m);
+      const m = out.match(TLS ? /^(https:\/\/\S+)$/m : /^(http:\/\/\S+)$/m);
       if (m) { clearTimeout(timer); proc.stdout.resume(); resolve({ proc, url: m[1] }); }
     });
     proc.on("exit", (code) => { clearTimeout(timer); reject(new Error(`server on ${addr} exited with ${code}: ${out}`)); });
@@ -669,12 +686,53 @@ function stopServer(server) {
   });
 }
 
+test("over https, the page's socket is wss:// and a message goes from one person to the other", { timeout: TEST, skip: !TLS && "https only (scripts/browser-test --tls)" }, async (t) => {
+  // Two new people, each a context of its own, on the shared server.
+  const [una, vic] = [await open(await person(DESKTOP), BASE), await open(await person(DESKTOP), ALT)];
+  const origin = (u) => new URL(u).origin;
+  try {
+    await signIn(una, "una");
+    await signIn(vic, "vic");
+    for (const [who, page, at] of [["una", una, BASE], ["vic", vic, ALT]]) {
+      assert.equal(await page.evaluate(() => location.protocol), "https:", who);
+      const shakes = handshakes.get(page);
+      assert.ok(shakes.length > 0, `${who}: no WebSocket handshake seen`);
+      const last = shakes.at(-1);
+      assert.equal(last.status, 101, `${who}: ${JSON.stringify(last)}`);
+      const ws = new URL(last.url);
+      assert.equal(ws.protocol, "wss:", `${who}: the socket is ${last.url}`);
+      assert.equal(ws.host, new URL(at).host, `${who}: the socket is ${last.url}`);
+      assert.equal(ws.pathname, "/ws");
+      assert.ok(shakes.every((s) => s.url && s.url.startsWith("wss://")), `${who}: ${shakes.map((s) => s.url)}`);
+      assert.equal(header(last.requestHeaders, "origin"), origin(at), `${who}: the handshake's Origin`);
+      checkDeflate(page, who);
+      t.diagnostic(`${who}: ${last.status} for ${ws.origin}${ws.pathname} (Origin ${header(last.requestHeaders, "origin")}), ` +
+        `Sec-WebSocket-Extensions: ${header(last.headers, "sec-websocket-extensions")}`);
+    }
+    // The lobby: una writes, vic reads, and back.
+    await vic.locator("#members li", { hasText: "una" }).waitFor();
+    await say(una, "hello over wss from una");
+    await waitForRow(vic, "una", "hello over wss from una");
+    await say(vic, "and back over wss, vic");
+    await waitForRow(una, "vic", "and back over wss, vic");
+  } finally {
+    // Out again, so they are nobody's business afterwards.
+    for (const page of [una, vic]) {
+      if (page.isClosed()) continue;
+      await page.click("#signout").catch(() => {});
+      await page.close();
+    }
+  }
+});
+
 test("every socket that got a 101 negotiated permessage-deflate", () => {
   let n = 0;
   for (const [page, shakes] of handshakes) {
     for (const shake of shakes.filter((s) => s.status === 101)) {
       n++;
       assert.match(header(shake.headers, "sec-websocket-extensions") ?? "", /^permessage-deflate/, `${page.url()}: ${JSON.stringify(shake.headers)}`);
+      // The page follows its own scheme: wss:// on an https page, ws:// on an http one.
+      assert.match(shake.url ?? "", TLS ? /^wss:\/\// : /^ws:\/\//, `${page.url()}: its socket`);
     }
   }
   assert.ok(n >= 5, `only ${n} handshakes seen`);
