@@ -41,12 +41,14 @@ impl PartialEq for Frame {
 
 impl Eq for Frame {}
 
-/// Opcodes of RFC 6455 §5.2.
-const OP_TEXT: u8 = 0x1;
-const OP_BINARY: u8 = 0x2;
-const OP_CLOSE: u8 = 0x8;
-const OP_PING: u8 = 0x9;
-const OP_PONG: u8 = 0xA;
+/// Opcodes of RFC 6455 §5.2, for the encoder here and the decoder
+/// (`connection::decoder`).
+pub(crate) const OP_CONTINUATION: u8 = 0x0;
+pub(crate) const OP_TEXT: u8 = 0x1;
+pub(crate) const OP_BINARY: u8 = 0x2;
+pub(crate) const OP_CLOSE: u8 = 0x8;
+pub(crate) const OP_PING: u8 = 0x9;
+pub(crate) const OP_PONG: u8 = 0xA;
 const FIN: u8 = 0x80;
 /// RFC 7692 §6: set on the first frame of a compressed message.
 const RSV1: u8 = 0x40;
