@@ -42,7 +42,9 @@
 //!
 //! Layout: `client` (the connections: handshake, frames, inflate, checks), `message` (the
 //! 4 KiB messages), `launch` (the server process); from the other benches, fanout's `sys`
-//! (CPU time, RSS, pinning) and `server` (building the example) and soak's `heap` (gdb).
+//! (CPU time, RSS, pinning) and `server` (building the example) and soak's `heap` (gdb);
+//! shared with the tls bench, `common/` (`options`, `memory`: memory per connection,
+//! `report`: medians, the report's header and file).
 
 #[path = "deflate/client.rs"]
 mod client;
@@ -51,8 +53,14 @@ mod client;
 mod heap;
 #[path = "deflate/launch.rs"]
 mod launch;
+#[path = "common/memory.rs"]
+mod memory;
 #[path = "deflate/message.rs"]
 mod message;
+#[path = "common/options.rs"]
+mod options;
+#[path = "common/report.rs"]
+mod report;
 #[allow(dead_code)]
 #[path = "fanout/server.rs"]
 mod server;
@@ -62,11 +70,13 @@ mod sys;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use client::{Agreed, Offer, Plan, Pool, RunStats};
 use launch::Server;
+use memory::{PerConn, Reading, gdb_works};
+use options::Options;
+use report::{median, si};
 
 /// The CPU part: clients, and messages (fewer for dedicated mode).
 const FULL_CPU: CpuSize = CpuSize {
@@ -172,8 +182,8 @@ impl Mode {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let options = match Options::parse(&args) {
-        Ok(options) => options,
+    let options = match Options::parse(&args, FULL_REPEATS, |_| Ok(())) {
+        Ok((options, ())) => options,
         Err(e) => {
             eprintln!("deflate bench: {e}");
             std::process::exit(2);
@@ -182,63 +192,6 @@ fn main() {
     if let Err(e) = run(&options) {
         eprintln!("\ndeflate bench FAILED: {e}");
         std::process::exit(1);
-    }
-}
-
-/// Command-line options; unknown arguments (such as cargo's `--bench`) are ignored.
-struct Options {
-    /// Run by `cargo bench` (which passes `--bench`), not by `cargo test`.
-    bench: bool,
-    quick: bool,
-    repeats: usize,
-    cpu: bool,
-    memory: bool,
-    raw_rss: bool,
-    args: Vec<String>,
-}
-
-impl Options {
-    fn parse(args: &[String]) -> Result<Options, String> {
-        let has = |flag: &str| args.iter().any(|a| a == flag);
-        let bench = has("--bench");
-        let env_quick = std::env::var("WSHUB_BENCH_QUICK").is_ok_and(|v| v == "1");
-        let quick = env_quick || has("--quick") || !bench;
-        let repeats = match args.iter().position(|a| a == "--repeats") {
-            Some(i) => {
-                let v = args.get(i + 1).ok_or("--repeats needs a value")?;
-                v.parse::<usize>()
-                    .map_err(|e| format!("--repeats {v}: {e}"))?
-                    .clamp(1, 9)
-            }
-            None if quick => 1,
-            None => FULL_REPEATS,
-        };
-        let (cpu, memory) = (!has("--no-cpu"), !has("--no-memory"));
-        if !cpu && !memory {
-            return Err("--no-cpu and --no-memory leave nothing to do".to_string());
-        }
-        Ok(Options {
-            bench,
-            quick,
-            repeats,
-            cpu,
-            memory,
-            raw_rss: has("--raw-rss"),
-            args: args.iter().filter(|a| *a != "--bench").cloned().collect(),
-        })
-    }
-
-    fn command_line(&self) -> String {
-        let args = if self.args.is_empty() {
-            String::new()
-        } else {
-            format!(" -- {}", self.args.join(" "))
-        };
-        if self.bench {
-            format!("cargo bench --bench deflate{args}")
-        } else {
-            format!("the bench binary without --bench, as cargo test runs it{args}")
-        }
     }
 }
 
@@ -275,7 +228,7 @@ fn run(options: &Options) -> Result<(), String> {
         ));
     }
     let exe = server::build_wshub_example(manifest_dir)?;
-    let target_dir = target_dir(manifest_dir);
+    let target_dir = report::target_dir(manifest_dir);
     let log_dir = target_dir.join("deflate-bench-logs");
     std::fs::create_dir_all(&log_dir)
         .map_err(|e| format!("cannot create {}: {e}", log_dir.display()))?;
@@ -338,33 +291,18 @@ fn run(options: &Options) -> Result<(), String> {
         "every client got every message exactly once, in order, intact ({:.1} s)",
         elapsed.as_secs_f64()
     );
-    let header = format!(
-        "# wshub permessage-deflate benchmark{}\n\n\
-         - date: {}\n- commit: {}\n- machine: {cores} logical CPUs, {cpu_model}; {}\n\
-         - command: `{}` (took {:.0} s)\n- noise: {}\n\n",
-        if options.quick {
-            " (quick: correctness only, figures too short to compare)"
-        } else {
-            ""
-        },
-        sys::utc_now_string(),
-        sys::git_commit(manifest_dir),
-        if pinned {
-            "server pinned to CPU 0 (taskset), clients to CPU 1"
-        } else {
-            "processes not pinned"
-        },
-        options.command_line(),
-        elapsed.as_secs_f64(),
-        noise_summary(&cpu),
-    );
-    let path = target_dir.join(if options.quick {
-        "deflate-bench-quick.md"
-    } else {
-        "deflate-bench.md"
-    });
-    std::fs::write(&path, format!("{header}{body}"))
-        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    let header = report::Header {
+        title: "permessage-deflate",
+        quick: options.quick,
+        manifest_dir,
+        cores,
+        cpu_model: &cpu_model,
+        pinned,
+        command: options.command_line("cargo bench --bench deflate"),
+        elapsed,
+        noise: report::noise_summary(cpu.iter().map(|r| (r.stats.wall, r.stats.foreign_cpu))),
+    };
+    let path = header.write(&target_dir, "deflate-bench", &body)?;
     eprintln!("wrote {}", path.display());
     Ok(())
 }
@@ -562,27 +500,7 @@ const MEMORY_CASES: [MemCase; 8] = [
 /// One memory case's figures.
 struct MemResult {
     label: &'static str,
-    n: usize,
-    rss_before: u64,
-    rss_after: u64,
-    /// The allocator's bytes in use (gdb), before and after.
-    heap: Option<(heap::Heap, heap::Heap)>,
-}
-
-impl MemResult {
-    fn rss_per_conn(&self) -> f64 {
-        (self.rss_after as f64 - self.rss_before as f64) / self.n as f64
-    }
-
-    fn heap_per_conn(&self) -> Option<f64> {
-        self.heap
-            .map(|(before, after)| (after.in_use as f64 - before.in_use as f64) / self.n as f64)
-    }
-
-    /// Heap in use if measured, else RSS.
-    fn per_conn(&self) -> f64 {
-        self.heap_per_conn().unwrap_or_else(|| self.rss_per_conn())
-    }
+    mem: PerConn,
 }
 
 fn memory_part(env: &Env, n: usize) -> Result<Vec<MemResult>, String> {
@@ -594,8 +512,9 @@ fn memory_part(env: &Env, n: usize) -> Result<Vec<MemResult>, String> {
         eprintln!(
             "memory {:<75} RSS {:>8.0} B/conn{}",
             case.label,
-            result.rss_per_conn(),
+            result.mem.rss_per_conn(),
             result
+                .mem
                 .heap_per_conn()
                 .map_or(String::new(), |h| format!(", heap in use {h:>8.0} B/conn"))
         );
@@ -606,13 +525,7 @@ fn memory_part(env: &Env, n: usize) -> Result<Vec<MemResult>, String> {
 
 fn memory_run(env: &Env, case: &MemCase, n: usize, tag: &str) -> Result<MemResult, String> {
     let mut server = env.start(case.mode, tag)?;
-    std::thread::sleep(env.settle);
-    let heap_before = if env.trim {
-        Some(heap::report_and_trim(server.pid(), &server.log_path)?)
-    } else {
-        None
-    };
-    let rss_before = server.rss_bytes()?;
+    let before = Reading::take(&server, env.settle, env.trim)?;
     let mut pool = Pool::connect(server.addr, n, case.offer, CONNECT_TIMEOUT)
         .map_err(|e| server.explain(e))?;
     for i in 0..pool.len() {
@@ -651,46 +564,14 @@ fn memory_run(env: &Env, case: &MemCase, n: usize, tag: &str) -> Result<MemResul
             ));
         }
     }
-    std::thread::sleep(env.settle);
-    let heap_after = if env.trim {
-        Some(heap::report_and_trim(server.pid(), &server.log_path)?)
-    } else {
-        None
-    };
-    let rss_after = server.rss_bytes()?;
+    let after = Reading::take(&server, env.settle, env.trim)?;
     server.check_alive()?;
     drop(server);
     drop(pool);
     Ok(MemResult {
         label: case.label,
-        n,
-        rss_before,
-        rss_after,
-        heap: heap_before.zip(heap_after),
+        mem: PerConn { n, before, after },
     })
-}
-
-/// Whether gdb can be run (for `malloc_trim`).
-fn gdb_works() -> bool {
-    let ok = Command::new("gdb")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        eprintln!("gdb not found: memory figures are raw RSS (noisier)");
-    }
-    ok
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    match values.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => values[n / 2],
-        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
-    }
 }
 
 /// The median of `f` over the runs of `mode`.
@@ -748,7 +629,7 @@ fn memory_table(results: &[MemResult], n: usize, trim: bool) -> String {
     let plain = results
         .iter()
         .find(|r| r.label.starts_with("plain"))
-        .map(MemResult::per_conn);
+        .map(|r| r.mem.per_conn());
     let mut t = format!(
         "## Memory per connection\n\n\
          A fresh server per case: its memory with no connection, then with {n} connections \
@@ -764,13 +645,14 @@ fn memory_table(results: &[MemResult], n: usize, trim: bool) -> String {
         }
     );
     for r in results {
-        let over = plain.map_or(String::new(), |p| format!("{:+.0}", r.per_conn() - p));
+        let over = plain.map_or(String::new(), |p| format!("{:+.0}", r.mem.per_conn() - p));
         let _ = writeln!(
             t,
             "| {} | {:.0} | {} | {over} |",
             r.label,
-            r.rss_per_conn(),
-            r.heap_per_conn()
+            r.mem.rss_per_conn(),
+            r.mem
+                .heap_per_conn()
                 .map_or("–".to_string(), |h| format!("{h:.0}"))
         );
     }
@@ -809,7 +691,7 @@ fn targets(cpu: &[CpuRun], memory: &[MemResult], quick: bool) -> String {
     }
     let find = |prefix: &str| memory.iter().find(|r| r.label.starts_with(prefix));
     if let (Some(plain), Some(shared)) = (find("plain"), find("shared, deflate agreed")) {
-        let extra = shared.per_conn() - plain.per_conn();
+        let extra = shared.mem.per_conn() - plain.mem.per_conn();
         let verdict = if extra <= SHARED_MEMORY_TARGET {
             "met"
         } else {
@@ -833,47 +715,8 @@ fn targets(cpu: &[CpuRun], memory: &[MemResult], quick: bool) -> String {
             t,
             "- a decompressor per connection (client context takeover) over \
              client_no_context_takeover: {:+.0} B per connection",
-            keep.per_conn() - reset.per_conn()
+            keep.mem.per_conn() - reset.mem.per_conn()
         );
     }
     t
-}
-
-/// How much other processes ran during the CPU runs.
-fn noise_summary(runs: &[CpuRun]) -> String {
-    let shares: Vec<f64> = runs
-        .iter()
-        .filter(|r| r.stats.wall >= Duration::from_millis(250))
-        .map(|r| r.share(r.stats.foreign_cpu) * 100.0)
-        .collect();
-    if shares.is_empty() {
-        return "not measured (no CPU run long enough)".to_string();
-    }
-    let max = shares.iter().copied().fold(0.0, f64::max);
-    format!(
-        "other processes used a median {:.0}% (max {max:.0}%) of one CPU during the CPU runs",
-        median(shares)
-    )
-}
-
-/// 1234567 → "1.23M".
-fn si(value: f64) -> String {
-    match value {
-        v if v >= 1e6 => format!("{:.2}M", v / 1e6),
-        v if v >= 1e3 => format!("{:.1}k", v / 1e3),
-        v => format!("{v:.0}"),
-    }
-}
-
-/// The target directory this binary was built in (`<target>/<profile>/deps/`, honouring
-/// CARGO_TARGET_DIR): where the logs and the report go.
-fn target_dir(manifest_dir: &Path) -> PathBuf {
-    std::env::current_exe()
-        .ok()
-        .and_then(|exe| {
-            let deps = exe.parent()?;
-            (deps.file_name()? == "deps").then_some(())?;
-            Some(deps.parent()?.parent()?.to_path_buf())
-        })
-        .unwrap_or_else(|| manifest_dir.join("target"))
 }

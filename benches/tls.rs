@@ -36,8 +36,10 @@
 //!
 //! Layout: `tls/client` (the connections), `tls/baseline` (the tokio TLS server),
 //! `tls/example` (building the example with `--features tls`, the certificate); from the
-//! other benches: fanout's `sys`, `wire`, `baseline` and `rooms`, deflate's `launch`, soak's
-//! `heap` and `net`.
+//! other benches: fanout's `sys`, `wire`, `baseline`, `rooms` and `server` (pinning),
+//! deflate's `launch`, soak's `heap` and `net`; shared with the deflate bench, `common/`
+//! (`options`, `memory`: memory per connection, `report`: medians, the report's header and
+//! file).
 
 #[allow(dead_code)] // rooms are not used here
 #[path = "fanout/baseline.rs"]
@@ -54,12 +56,21 @@ mod heap;
 #[allow(dead_code)]
 #[path = "deflate/launch.rs"]
 mod launch;
+#[path = "common/memory.rs"]
+mod memory;
 #[allow(dead_code)]
 #[path = "soak/net.rs"]
 mod net;
+#[path = "common/options.rs"]
+mod options;
+#[path = "common/report.rs"]
+mod report;
 #[allow(dead_code)]
 #[path = "fanout/rooms.rs"]
 mod rooms;
+#[allow(dead_code)] // `ServerProcess` is fanout's; here only `pin_prefix`
+#[path = "fanout/server.rs"]
+mod server;
 #[allow(dead_code)]
 #[path = "fanout/sys.rs"]
 mod sys;
@@ -69,13 +80,15 @@ mod wire;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use client::{Plan, Pool, RunStats};
 use example::Certs;
 use launch::Server;
+use memory::{PerConn, Reading, gdb_works};
+use options::Options;
+use report::{median, si};
 
 /// The CPU part's sizes.
 struct CpuSize {
@@ -170,79 +183,19 @@ fn main() {
         }
         return;
     }
-    let options = match Options::parse(&args) {
-        Ok(options) => options,
+    let parsed = Options::parse(&args, FULL_REPEATS, |args| {
+        Ok(options::value(args, "--idle")?.map(|n| n.max(1)))
+    });
+    let (options, idle) = match parsed {
+        Ok(parsed) => parsed,
         Err(e) => {
             eprintln!("tls bench: {e}");
             std::process::exit(2);
         }
     };
-    if let Err(e) = run(&options) {
+    if let Err(e) = run(&options, idle) {
         eprintln!("\ntls bench FAILED: {e}");
         std::process::exit(1);
-    }
-}
-
-/// Command-line options; unknown arguments (such as cargo's `--bench`) are ignored.
-struct Options {
-    bench: bool,
-    quick: bool,
-    repeats: usize,
-    cpu: bool,
-    memory: bool,
-    raw_rss: bool,
-    idle: Option<usize>,
-    args: Vec<String>,
-}
-
-impl Options {
-    fn parse(args: &[String]) -> Result<Options, String> {
-        let has = |flag: &str| args.iter().any(|a| a == flag);
-        let value = |flag: &str| -> Result<Option<usize>, String> {
-            match args.iter().position(|a| a == flag) {
-                Some(i) => {
-                    let v = args.get(i + 1).ok_or(format!("{flag} needs a value"))?;
-                    v.parse::<usize>()
-                        .map(Some)
-                        .map_err(|e| format!("{flag} {v}: {e}"))
-                }
-                None => Ok(None),
-            }
-        };
-        let bench = has("--bench");
-        let env_quick = std::env::var("WSHUB_BENCH_QUICK").is_ok_and(|v| v == "1");
-        let quick = env_quick || has("--quick") || !bench;
-        let repeats = value("--repeats")?
-            .map(|r| r.clamp(1, 9))
-            .unwrap_or(if quick { 1 } else { FULL_REPEATS });
-        let idle = value("--idle")?.map(|n| n.max(1));
-        let (cpu, memory) = (!has("--no-cpu"), !has("--no-memory"));
-        if !cpu && !memory {
-            return Err("--no-cpu and --no-memory leave nothing to do".to_string());
-        }
-        Ok(Options {
-            bench,
-            quick,
-            repeats,
-            cpu,
-            memory,
-            raw_rss: has("--raw-rss"),
-            idle,
-            args: args.iter().filter(|a| *a != "--bench").cloned().collect(),
-        })
-    }
-
-    fn command_line(&self) -> String {
-        let args = if self.args.is_empty() {
-            String::new()
-        } else {
-            format!(" -- {}", self.args.join(" "))
-        };
-        if self.bench {
-            format!("cargo bench --features tls --bench tls{args}")
-        } else {
-            format!("the bench binary without --bench, as cargo test runs it{args}")
-        }
     }
 }
 
@@ -295,16 +248,15 @@ impl Env {
     }
 }
 
-fn run(options: &Options) -> Result<(), String> {
+/// `idle`: the connections of the memory part if `--idle` says.
+fn run(options: &Options, idle: Option<usize>) -> Result<(), String> {
     let started = Instant::now();
     let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
     let (cores, cpu_model) = sys::cpu_info();
     let hard = hard_nofile();
     let nofile =
         sys::raise_nofile_limit().map_err(|e| format!("cannot raise RLIMIT_NOFILE: {e}"))?;
-    let wanted = options
-        .idle
-        .unwrap_or(if options.quick { QUICK_IDLE } else { FULL_IDLE });
+    let wanted = idle.unwrap_or(if options.quick { QUICK_IDLE } else { FULL_IDLE });
     // The limit is per process: this process holds the clients' sockets, the server its
     // own; each needs the connections plus a margin.
     let idle = wanted.min(nofile.saturating_sub(256) as usize);
@@ -313,7 +265,7 @@ fn run(options: &Options) -> Result<(), String> {
             "RLIMIT_NOFILE is {nofile} per process: {idle} idle connections instead of {wanted}"
         );
     }
-    let target_dir = target_dir(manifest_dir);
+    let target_dir = report::target_dir(manifest_dir);
     let wshub_exe = example::build_broadcast(manifest_dir, &target_dir)?;
     let bench_exe =
         std::env::current_exe().map_err(|e| format!("cannot find this bench binary: {e}"))?;
@@ -322,7 +274,7 @@ fn run(options: &Options) -> Result<(), String> {
         .map_err(|e| format!("cannot create {}: {e}", log_dir.display()))?;
     let certs = Certs::generate()?;
     let client_tls = client::tls_config(certs.der.clone())?;
-    let pin = pin_prefix(SERVER_CPU, cores);
+    let pin = server::pin_prefix(SERVER_CPU, cores);
     let pinned = pin.is_some() && sys::pin_self_to_cpu(LOADGEN_CPU).is_ok();
     let trim = options.memory && !options.quick && !options.raw_rss && gdb_works();
     let env = Env {
@@ -383,33 +335,18 @@ fn run(options: &Options) -> Result<(), String> {
     if options.cpu {
         eprintln!("every client got every message exactly once, in order, intact");
     }
-    let header = format!(
-        "# wshub TLS benchmark{}\n\n\
-         - date: {}\n- commit: {}\n- machine: {cores} logical CPUs, {cpu_model}; {}\n\
-         - command: `{}` (took {:.0} s)\n- noise: {}\n\n",
-        if options.quick {
-            " (quick: correctness only, figures too short to compare)"
-        } else {
-            ""
-        },
-        sys::utc_now_string(),
-        sys::git_commit(manifest_dir),
-        if pinned {
-            "server pinned to CPU 0 (taskset), clients to CPU 1"
-        } else {
-            "processes not pinned"
-        },
-        options.command_line(),
-        elapsed.as_secs_f64(),
-        noise_summary(&cpu),
-    );
-    let path = target_dir.join(if options.quick {
-        "tls-bench-quick.md"
-    } else {
-        "tls-bench.md"
-    });
-    std::fs::write(&path, format!("{header}{body}"))
-        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    let header = report::Header {
+        title: "TLS",
+        quick: options.quick,
+        manifest_dir,
+        cores,
+        cpu_model: &cpu_model,
+        pinned,
+        command: options.command_line("cargo bench --features tls --bench tls"),
+        elapsed,
+        noise: report::noise_summary(cpu.iter().map(|r| (r.stats.wall, r.stats.foreign_cpu))),
+    };
+    let path = header.write(&target_dir, "tls-bench", &body)?;
     eprintln!("wrote {} ({:.1} s)", path.display(), elapsed.as_secs_f64());
     Ok(())
 }
@@ -521,27 +458,8 @@ fn cpu_run(
 /// One memory case's figures.
 struct MemResult {
     kind: Kind,
-    n: usize,
     connect: Duration,
-    rss_before: u64,
-    rss_after: u64,
-    heap: Option<(heap::Heap, heap::Heap)>,
-}
-
-impl MemResult {
-    fn rss_per_conn(&self) -> f64 {
-        (self.rss_after as f64 - self.rss_before as f64) / self.n as f64
-    }
-
-    fn heap_per_conn(&self) -> Option<f64> {
-        self.heap
-            .map(|(before, after)| (after.in_use as f64 - before.in_use as f64) / self.n as f64)
-    }
-
-    /// Heap in use if measured, else RSS.
-    fn per_conn(&self) -> f64 {
-        self.heap_per_conn().unwrap_or_else(|| self.rss_per_conn())
-    }
+    mem: PerConn,
 }
 
 fn memory_part(env: &Env, n: usize) -> Result<Vec<MemResult>, String> {
@@ -554,8 +472,9 @@ fn memory_part(env: &Env, n: usize) -> Result<Vec<MemResult>, String> {
             "memory {:<9} {n} idle connections (connected in {:.1} s): RSS {:>7.0} B/conn{}",
             kind.name(),
             result.connect.as_secs_f64(),
-            result.rss_per_conn(),
+            result.mem.rss_per_conn(),
             result
+                .mem
                 .heap_per_conn()
                 .map_or(String::new(), |h| format!(", heap in use {h:>7.0} B/conn"))
         );
@@ -566,65 +485,26 @@ fn memory_part(env: &Env, n: usize) -> Result<Vec<MemResult>, String> {
 
 fn memory_run(env: &Env, kind: Kind, n: usize, tag: &str) -> Result<MemResult, String> {
     let mut server = env.start(kind, tag)?;
-    std::thread::sleep(env.settle);
-    let heap_before = if env.trim {
-        Some(heap::report_and_trim(server.pid(), &server.log_path)?)
-    } else {
-        None
-    };
-    let rss_before = server.rss_bytes()?;
+    let before = Reading::take(&server, env.settle, env.trim)?;
     let connect_start = Instant::now();
     let mut pool = Pool::connect(server.addr, env.client_tls(kind), n, CONNECT_TIMEOUT)
         .map_err(|e| server.explain(e))?;
     let connect = connect_start.elapsed();
-    std::thread::sleep(env.settle);
-    let heap_after = if env.trim {
-        Some(heap::report_and_trim(server.pid(), &server.log_path)?)
-    } else {
-        None
-    };
-    let rss_after = server.rss_bytes()?;
+    let after = Reading::take(&server, env.settle, env.trim)?;
     pool.check_idle().map_err(|e| server.explain(e))?;
     server.check_alive()?;
     let result = MemResult {
         kind,
-        n: pool.len(),
         connect,
-        rss_before,
-        rss_after,
-        heap: heap_before.zip(heap_after),
+        mem: PerConn {
+            n: pool.len(),
+            before,
+            after,
+        },
     };
     drop(server);
     drop(pool);
     Ok(result)
-}
-
-/// Whether gdb can be run (for `malloc_trim`).
-fn gdb_works() -> bool {
-    let ok = Command::new("gdb")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        eprintln!("gdb not found: memory figures are raw RSS (noisier)");
-    }
-    ok
-}
-
-/// `taskset -c CPU` if taskset works and the machine has 2+ CPUs.
-fn pin_prefix(cpu: usize, cores: usize) -> Option<Vec<String>> {
-    if cores < 2 {
-        return None;
-    }
-    let ok = Command::new("taskset")
-        .args(["-c", &cpu.to_string(), "true"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    ok.then(|| vec!["taskset".to_string(), "-c".to_string(), cpu.to_string()])
 }
 
 /// The hard RLIMIT_NOFILE (for the report).
@@ -638,15 +518,6 @@ fn hard_nofile() -> u64 {
         lim.rlim_max
     } else {
         0
-    }
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    match values.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => values[n / 2],
-        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
     }
 }
 
@@ -708,7 +579,7 @@ fn memory_table(results: &[MemResult], n: usize, trim: bool, nofile: u64) -> Str
     let ws = results
         .iter()
         .find(|r| r.kind == Kind::WshubWs)
-        .map(MemResult::per_conn);
+        .map(|r| r.mem.per_conn());
     let mut t = format!(
         "## Memory per idle connection\n\n\
          A fresh server per case: its memory with no connection, then with {n} idle \
@@ -725,15 +596,16 @@ fn memory_table(results: &[MemResult], n: usize, trim: bool, nofile: u64) -> Str
         }
     );
     for r in results {
-        let over = ws.map_or(String::new(), |w| format!("{:+.0}", r.per_conn() - w));
+        let over = ws.map_or(String::new(), |w| format!("{:+.0}", r.mem.per_conn() - w));
         let _ = writeln!(
             t,
             "| {} | {} | {:.1} s | {:.0} | {} | {over} |",
             r.kind.name(),
-            r.n,
+            r.mem.n,
             r.connect.as_secs_f64(),
-            r.rss_per_conn(),
-            r.heap_per_conn()
+            r.mem.rss_per_conn(),
+            r.mem
+                .heap_per_conn()
                 .map_or("–".to_string(), |h| format!("{h:.0}"))
         );
     }
@@ -768,7 +640,7 @@ fn targets(cpu: &[CpuRun], size: &CpuSize, memory: &[MemResult], quick: bool) ->
     }
     let find = |kind| memory.iter().find(|r| r.kind == kind);
     if let Some(wss) = find(Kind::WshubWss) {
-        let per = wss.per_conn();
+        let per = wss.mem.per_conn();
         let _ = writeln!(
             t,
             "- memory per idle wshub wss connection: {per:.0} B (target ≤ 8 KiB: {}){}",
@@ -779,48 +651,9 @@ fn targets(cpu: &[CpuRun], size: &CpuSize, memory: &[MemResult], quick: bool) ->
             },
             find(Kind::WshubWs).map_or(String::new(), |ws| format!(
                 "; of which TLS (over ws): {:+.0} B",
-                per - ws.per_conn()
+                per - ws.mem.per_conn()
             ))
         );
     }
     t
-}
-
-/// How much other processes ran during the CPU runs.
-fn noise_summary(runs: &[CpuRun]) -> String {
-    let shares: Vec<f64> = runs
-        .iter()
-        .filter(|r| r.stats.wall >= Duration::from_millis(250))
-        .map(|r| r.share(r.stats.foreign_cpu) * 100.0)
-        .collect();
-    if shares.is_empty() {
-        return "not measured (no CPU run long enough)".to_string();
-    }
-    let max = shares.iter().copied().fold(0.0, f64::max);
-    format!(
-        "other processes used a median {:.0}% (max {max:.0}%) of one CPU during the CPU runs",
-        median(shares)
-    )
-}
-
-/// 1234567 → "1.23M".
-fn si(value: f64) -> String {
-    match value {
-        v if v >= 1e6 => format!("{:.2}M", v / 1e6),
-        v if v >= 1e3 => format!("{:.1}k", v / 1e3),
-        v => format!("{v:.0}"),
-    }
-}
-
-/// The target directory this binary was built in (`<target>/<profile>/deps/`, honouring
-/// CARGO_TARGET_DIR): where the example is built and the logs and the report go.
-fn target_dir(manifest_dir: &Path) -> PathBuf {
-    std::env::current_exe()
-        .ok()
-        .and_then(|exe| {
-            let deps = exe.parent()?;
-            (deps.file_name()? == "deps").then_some(())?;
-            Some(deps.parent()?.parent()?.to_path_buf())
-        })
-        .unwrap_or_else(|| manifest_dir.join("target"))
 }

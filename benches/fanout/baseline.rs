@@ -21,7 +21,7 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{Sink, SinkExt, StreamExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
@@ -87,8 +87,8 @@ async fn handle_client(stream: TcpStream, id: u64, registry: Registry) {
     let Ok(ws) = tokio_tungstenite::accept_hdr_async(stream, read_room).await else {
         return;
     };
-    let (mut sink, mut source) = ws.split();
-    let (tx, mut rx) = mpsc::unbounded_channel::<Message>();
+    let (sink, mut source) = ws.split();
+    let (tx, rx) = mpsc::unbounded_channel::<Message>();
     {
         let mut clients = registry.borrow_mut();
         if let Some(room) = &room {
@@ -99,21 +99,7 @@ async fn handle_client(stream: TcpStream, id: u64, registry: Registry) {
     }
 
     // Writer: ends when the registry drops this client's sender.
-    tokio::task::spawn_local(async move {
-        while let Some(msg) = rx.recv().await {
-            if sink.feed(msg).await.is_err() {
-                return;
-            }
-            while let Ok(msg) = rx.try_recv() {
-                if sink.feed(msg).await.is_err() {
-                    return;
-                }
-            }
-            if sink.flush().await.is_err() {
-                return;
-            }
-        }
-    });
+    tokio::task::spawn_local(write_queued(sink, rx));
 
     // Reader: every text message to the room (or all clients), in arrival order.
     while let Some(Ok(msg)) = source.next().await {
@@ -140,6 +126,27 @@ async fn handle_client(stream: TcpStream, id: u64, registry: Registry) {
             if members.is_empty() {
                 clients.rooms.remove(room);
             }
+        }
+    }
+}
+
+/// A client's writer: feeds what its channel holds into `sink`, then flushes; ends when the
+/// channel's sender is dropped or the connection fails. (benches/tls/baseline.rs uses it too.)
+pub async fn write_queued<S>(mut sink: S, mut rx: mpsc::UnboundedReceiver<Message>)
+where
+    S: Sink<Message> + Unpin,
+{
+    while let Some(msg) = rx.recv().await {
+        if sink.feed(msg).await.is_err() {
+            return;
+        }
+        while let Ok(msg) = rx.try_recv() {
+            if sink.feed(msg).await.is_err() {
+                return;
+            }
+        }
+        if sink.flush().await.is_err() {
+            return;
         }
     }
 }

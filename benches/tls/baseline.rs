@@ -14,7 +14,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
@@ -88,26 +88,12 @@ async fn handle_client(stream: TcpStream, id: u64, registry: Registry, acceptor:
     let Ok(ws) = tokio_tungstenite::accept_async(tls).await else {
         return;
     };
-    let (mut sink, mut source) = ws.split();
-    let (tx, mut rx) = mpsc::unbounded_channel::<Message>();
+    let (sink, mut source) = ws.split();
+    let (tx, rx) = mpsc::unbounded_channel::<Message>();
     registry.borrow_mut().insert(id, tx);
 
     // Writer: ends when the registry drops this client's sender.
-    tokio::task::spawn_local(async move {
-        while let Some(msg) = rx.recv().await {
-            if sink.feed(msg).await.is_err() {
-                return;
-            }
-            while let Ok(msg) = rx.try_recv() {
-                if sink.feed(msg).await.is_err() {
-                    return;
-                }
-            }
-            if sink.flush().await.is_err() {
-                return;
-            }
-        }
-    });
+    tokio::task::spawn_local(crate::baseline::write_queued(sink, rx));
 
     // Reader: every text message to every client, in arrival order.
     while let Some(Ok(msg)) = source.next().await {
