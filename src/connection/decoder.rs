@@ -275,17 +275,14 @@ impl Decoder {
         if len > (max_message - so_far) as u64 {
             return Err(Failure::TOO_BIG);
         }
-        let message = self.message.get_or_insert_with(|| Assembly {
+        // The payload buffer grows with the bytes that arrive, not with what the header
+        // claims: a peer that announces a large frame and sends nothing holds nothing.
+        self.message.get_or_insert_with(|| Assembly {
             text: opcode == OP_TEXT,
             compressed,
             payload: Vec::new(),
             valid_to: 0,
         });
-        if message.payload.is_empty() {
-            // A message in one frame gets exactly its size (claimed sizes are bounded above);
-            // fragments grow it as they come.
-            message.payload.reserve_exact(len as usize);
-        }
         Ok(())
     }
 
