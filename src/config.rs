@@ -98,6 +98,16 @@ impl Default for Config {
 }
 
 impl Config {
+    /// One loop's share of a cluster of `loops`: the server-wide limits divided equally
+    /// (rounded up).
+    pub(crate) fn per_loop(&self, loops: usize) -> Config {
+        Config {
+            max_connections: self.max_connections.div_ceil(loops),
+            max_handshakes: self.max_handshakes.div_ceil(loops),
+            ..self.clone()
+        }
+    }
+
     /// The drain watermark in force: never above the backpressure limit.
     #[inline]
     pub(crate) fn watermark(&self) -> usize {

@@ -30,12 +30,19 @@ impl<'a, D> Ctx<'a, D> {
 
     /// Queues `frame` for one connection, under the backpressure policy
     /// ([`Config::max_backpressure`](crate::Config::max_backpressure)).
+    ///
+    /// In a [`Cluster`](crate::Cluster), a connection on another loop is reached through
+    /// that loop's inbox: `Ok` then means the frame was handed over (that loop applies the
+    /// policy, and counts a frame for a connection that closed meanwhile in
+    /// [`Stats::dropped_messages`]), and a full inbox is [`SendError::InboxFull`].
     pub fn send(&mut self, id: ConnId, frame: &Frame) -> Result<(), SendError> {
         self.core.send(id, frame)
     }
 
     /// Queues `frame` for every open connection. The frame is encoded once, and copied once
-    /// into the loop's turn buffer; each recipient only records where it is.
+    /// into the loop's turn buffer; each recipient only records where it is. In a
+    /// [`Cluster`](crate::Cluster) every other loop gets the same frame (its bytes shared,
+    /// not copied) for its own connections.
     ///
     /// ```
     /// # fn demo(ctx: &mut wshub::Ctx<'_, ()>) {
@@ -44,13 +51,15 @@ impl<'a, D> Ctx<'a, D> {
     /// # }
     /// ```
     pub fn broadcast(&mut self, frame: &Frame) -> Delivery {
-        self.core.broadcast(frame, |_, _| true)
+        self.core.broadcast_all(frame, None)
     }
 
     /// Queues `frame` for every open connection whose data passes `filter`. This walks
     /// every connection (O(all connections), a filter call each): for groups that are known
     /// in advance, such as rooms, [`subscribe`](Ctx::subscribe) and
-    /// [`publish`](Ctx::publish) cost O(members) instead.
+    /// [`publish`](Ctx::publish) cost O(members) instead. In a [`Cluster`](crate::Cluster)
+    /// it reaches this loop's connections only (the filter reads their data, which other
+    /// loops' threads own): use topics for groups that span loops.
     ///
     /// ```
     /// # struct User { admin: bool }
@@ -69,13 +78,15 @@ impl<'a, D> Ctx<'a, D> {
 
     /// Queues `frame` for every open connection but `except` (typically the sender).
     pub fn broadcast_except(&mut self, frame: &Frame, except: ConnId) -> Delivery {
-        self.core.broadcast(frame, |id, _| id != except)
+        self.core.broadcast_all(frame, Some(except))
     }
 
     /// Subscribes an open connection to `topic` (any string; topics exist while they have
     /// subscribers). Returns `Ok(false)` if it was subscribed already. O(1) amortised.
     /// Subscriptions end when the connection closes, before
     /// [`Handler::on_close`](crate::Handler::on_close) runs.
+    /// In a [`Cluster`](crate::Cluster), a connection is subscribed by its own loop: another
+    /// loop's connection gets [`SendError::OtherLoop`].
     ///
     /// ```
     /// # fn demo(ctx: &mut wshub::Ctx<'_, ()>, id: wshub::ConnId) {
@@ -90,7 +101,8 @@ impl<'a, D> Ctx<'a, D> {
     }
 
     /// Unsubscribes a connection (open or closing) from `topic`. Returns `Ok(false)` if it
-    /// was not subscribed (or the topic does not exist). O(1) amortised.
+    /// was not subscribed (or the topic does not exist). O(1) amortised. Another loop's
+    /// connection gets [`SendError::OtherLoop`].
     pub fn unsubscribe(&mut self, id: ConnId, topic: &str) -> Result<bool, SendError> {
         self.core.unsubscribe(id, topic)
     }
@@ -98,6 +110,11 @@ impl<'a, D> Ctx<'a, D> {
     /// Queues `frame` for every subscriber of `topic`, under the backpressure policy; costs
     /// O(subscribers), never a walk over all connections. A topic without subscribers
     /// delivers to nobody.
+    ///
+    /// In a [`Cluster`](crate::Cluster) the frame is also handed to every other loop that has
+    /// subscribers to `topic` (and to no other), its bytes shared rather than copied;
+    /// whatever a callback queues for one connection, on any loop, arrives in the order it
+    /// was queued.
     pub fn publish(&mut self, topic: &str, frame: &Frame) -> Delivery {
         self.core.publish(topic, frame, None)
     }
@@ -107,12 +124,12 @@ impl<'a, D> Ctx<'a, D> {
         self.core.publish(topic, frame, Some(except))
     }
 
-    /// How many connections are subscribed to `topic`.
+    /// How many connections of this loop are subscribed to `topic`.
     pub fn subscriber_count(&self, topic: &str) -> usize {
         self.core.topics.subscribers(topic).len()
     }
 
-    /// The connections subscribed to `topic`, in no particular order.
+    /// The connections of this loop subscribed to `topic`, in no particular order.
     pub fn subscribers(&self, topic: &str) -> impl ExactSizeIterator<Item = ConnId> + '_ {
         self.core.topics.subscribers(topic).iter().copied()
     }
@@ -133,7 +150,8 @@ impl<'a, D> Ctx<'a, D> {
         self.core.close(id, code, reason)
     }
 
-    /// The data of an open connection.
+    /// The data of an open connection (of this loop: in a [`Cluster`](crate::Cluster),
+    /// another loop's connections are `None` here).
     pub fn data(&self, id: ConnId) -> Option<&D> {
         match &self.core.get(id)?.phase {
             Phase::Open(s) | Phase::Closing { session: s, .. } => Some(&s.data),
@@ -146,7 +164,7 @@ impl<'a, D> Ctx<'a, D> {
         self.core.get_mut(id)?.session_mut().map(|s| &mut s.data)
     }
 
-    /// Every open connection (not those closing) with its data, in table order.
+    /// Every open connection of this loop (not those closing) with its data, in table order.
     pub fn connections(&self) -> impl Iterator<Item = (ConnId, &D)> + '_ {
         self.core
             .conns
@@ -157,7 +175,7 @@ impl<'a, D> Ctx<'a, D> {
             })
     }
 
-    /// How many WebSocket connections are open (including those closing).
+    /// How many WebSocket connections this loop has open (including those closing).
     pub fn len(&self) -> usize {
         self.core.open_count()
     }
@@ -175,7 +193,8 @@ impl<'a, D> Ctx<'a, D> {
             .map(|c| c.outbox.queued())
     }
 
-    /// The server's counters now.
+    /// This loop's counters now ([`Handle::stats`](crate::Handle::stats) sums a
+    /// [`Cluster`](crate::Cluster)'s loops).
     pub fn stats(&self) -> Stats {
         self.core.stats()
     }
@@ -191,8 +210,23 @@ impl<'a, D> Ctx<'a, D> {
         self.core.shared.timers.take_app(timer).is_some()
     }
 
-    /// Starts a graceful shutdown, as [`Handle::shutdown`](crate::Handle::shutdown) does.
+    /// Starts a graceful shutdown, as [`Handle::shutdown`](crate::Handle::shutdown) does
+    /// (of every loop, in a [`Cluster`](crate::Cluster)).
     pub fn shutdown(&mut self) {
         self.core.shared.shutdown_requested = true;
+        if let Some(peers) = &self.core.peers {
+            peers.shutdown(&mut self.core.shared.stats);
+        }
+    }
+
+    /// This loop's index in its [`Cluster`](crate::Cluster) (0 for a
+    /// [`Server`](crate::Server)).
+    pub fn loop_index(&self) -> usize {
+        self.core.peers.as_ref().map_or(0, |peers| peers.me())
+    }
+
+    /// How many loops the server runs (1 for a [`Server`](crate::Server)).
+    pub fn loops(&self) -> usize {
+        self.core.peers.as_ref().map_or(1, |peers| peers.count())
     }
 }

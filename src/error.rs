@@ -24,6 +24,16 @@ pub enum SendError {
     /// A close code that may not be sent (RFC 6455 §7.4: e.g. 1005, 1006, 1015, or below
     /// 1000); nothing was sent.
     InvalidCloseCode,
+    /// The connection is on another loop of a [`Cluster`](crate::Cluster), whose inbox
+    /// ([`Config::handle_capacity`](crate::Config::handle_capacity)) is full: the frame (or
+    /// close) did not reach it (counted in
+    /// [`Stats::inbox_overflows`](crate::Stats::inbox_overflows)).
+    InboxFull,
+    /// The connection is on another loop of a [`Cluster`](crate::Cluster), and this needs
+    /// its data or topics, which only its own loop holds: do it from a callback of that
+    /// loop (e.g. when the connection itself asks). Sends and closes cross loops; this does
+    /// not.
+    OtherLoop,
 }
 
 impl fmt::Display for SendError {
@@ -34,6 +44,8 @@ impl fmt::Display for SendError {
             SendError::Dropped => "message dropped: connection's send queue is full",
             SendError::SlowConsumerClosed => "connection closed: its send queue was full",
             SendError::InvalidCloseCode => "close code may not be sent (RFC 6455 section 7.4)",
+            SendError::InboxFull => "the inbox of the connection's loop is full",
+            SendError::OtherLoop => "the connection is on another loop of the cluster",
         })
     }
 }

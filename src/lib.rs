@@ -64,6 +64,7 @@
 
 #![warn(missing_docs)]
 
+mod cluster;
 mod config;
 mod connection;
 mod context;
@@ -87,6 +88,7 @@ mod topics;
 mod transport;
 
 pub use bytes::Bytes;
+pub use cluster::Cluster;
 pub use config::{Config, SlowConsumer};
 pub use context::Ctx;
 pub use deflate::Compression;

@@ -132,4 +132,79 @@ pub struct Stats {
     pub handler_panics: u64,
     /// Episodes in which accepting failed for lack of resources (e.g. EMFILE) and paused.
     pub accept_pauses: u64,
+    /// Commands from this loop to another loop of a [`Cluster`](crate::Cluster) (a send,
+    /// publish, broadcast or close that crosses loops) refused because that loop's inbox
+    /// ([`Config::handle_capacity`](crate::Config::handle_capacity)) was full: its
+    /// connections missed the frame.
+    pub inbox_overflows: u64,
+}
+
+/// Adds one loop's counters to another's (a [`Cluster`](crate::Cluster)'s total): sums,
+/// except `peak_queued_bytes`, which is the larger of the two. `topics` counts a topic once
+/// per loop that has subscribers to it.
+impl std::ops::AddAssign for Stats {
+    fn add_assign(&mut self, other: Stats) {
+        // The pattern names every field, so a new counter cannot be forgotten here.
+        macro_rules! sum {
+            ($($field:ident),*) => {
+                let Stats { $($field,)* peak_queued_bytes, rejected } = other;
+                $( self.$field += $field; )*
+                self.peak_queued_bytes = self.peak_queued_bytes.max(peak_queued_bytes);
+                self.rejected += rejected;
+            };
+        }
+        sum!(
+            open_connections,
+            tcp_connections,
+            topics,
+            handshakes_accepted,
+            http_responses,
+            messages_in,
+            bytes_in,
+            messages_out,
+            compressed_out,
+            compressions,
+            compress_bytes_in,
+            compress_bytes_out,
+            inflate_bytes_in,
+            inflate_bytes_out,
+            bytes_out,
+            queued_bytes,
+            dropped_messages,
+            slow_consumer_closes,
+            handshake_timeouts,
+            handshake_evictions,
+            keep_alive_closes,
+            pong_timeouts,
+            close_timeouts,
+            write_stall_timeouts,
+            protocol_errors,
+            handler_panics,
+            accept_pauses,
+            inbox_overflows
+        );
+    }
+}
+
+impl std::ops::AddAssign for Rejections {
+    fn add_assign(&mut self, other: Rejections) {
+        macro_rules! sum {
+            ($($field:ident),*) => {
+                let Rejections { $($field),* } = other;
+                $( self.$field += $field; )*
+            };
+        }
+        sum!(
+            bad_request,
+            forbidden,
+            not_found,
+            method_not_allowed,
+            request_timeout,
+            content_too_large,
+            upgrade_required,
+            header_too_large,
+            unavailable,
+            other
+        );
+    }
 }

@@ -61,19 +61,20 @@ impl Topics {
     /// Removes `id` from `topic`; false if it was not there.
     pub(crate) fn unsubscribe(&mut self, id: ConnId, topic: &str) -> bool {
         match self.names.get(topic) {
-            Some(&key) => self.remove(id, key),
+            Some(&key) => self.remove(id, key, &mut |_| {}),
             None => false,
         }
     }
 
-    /// Removes every subscription of `id` (it is closing).
-    pub(crate) fn unsubscribe_all(&mut self, id: ConnId) {
+    /// Removes every subscription of `id` (it is closing); `emptied` is called with each
+    /// topic that lost its last subscriber.
+    pub(crate) fn unsubscribe_all(&mut self, id: ConnId, mut emptied: impl FnMut(&str)) {
         while let Some(&key) = self.of_conn.get(&id).and_then(|own| own.last()) {
-            self.remove(id, key);
+            self.remove(id, key, &mut emptied);
         }
     }
 
-    fn remove(&mut self, id: ConnId, key: usize) -> bool {
+    fn remove(&mut self, id: ConnId, key: usize, emptied: &mut dyn FnMut(&str)) -> bool {
         let Some(topic) = self.topics.get_mut(key) else {
             return false;
         };
@@ -94,6 +95,7 @@ impl Topics {
         if topic.subscribers.is_empty() {
             let topic = self.topics.remove(key);
             self.names.remove(&topic.name);
+            emptied(&topic.name);
         }
         // The same swap in the connection's own list; the topic that moves there learns its
         // new index.
@@ -165,12 +167,14 @@ mod tests {
         a.sort();
         assert_eq!(a, vec![ids[0], ids[2], ids[3]]);
         assert_eq!(sorted(topics.of(ids[2])), vec!["a", "b", "c"]);
-        topics.unsubscribe_all(ids[2]);
+        let mut emptied = Vec::new();
+        topics.unsubscribe_all(ids[2], |t| emptied.push(t.to_owned()));
+        assert_eq!(emptied, vec!["c"]);
         assert_eq!(sorted(topics.of(ids[2])), Vec::<&str>::new());
         assert!(topics.subscribers("c").is_empty());
         assert_eq!(topics.len(), 2);
         for &id in &ids {
-            topics.unsubscribe_all(id);
+            topics.unsubscribe_all(id, |_| {});
         }
         assert_eq!(topics.len(), 0);
         assert!(topics.names.is_empty() && topics.of_conn.is_empty());
@@ -183,7 +187,7 @@ mod tests {
         let new = ConnId::new(3, 2);
         topics.subscribe(old, "t");
         topics.subscribe(new, "t");
-        topics.unsubscribe_all(old);
+        topics.unsubscribe_all(old, |_| {});
         assert_eq!(topics.subscribers("t"), &[new]);
     }
 }

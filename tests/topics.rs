@@ -30,10 +30,10 @@ fn tell(ctl: &mut Client, command: &str) {
     ctl.send(Message::text(command)).expect("send command");
 }
 
-const NONE: &str = "Delivery { queued: 0, dropped: 0, closed: 0 }";
+const NONE: &str = "Delivery { queued: 0, dropped: 0, closed: 0, forwarded: 0 }";
 
 fn queued(n: usize) -> String {
-    format!("Delivery {{ queued: {n}, dropped: 0, closed: 0 }}")
+    format!("Delivery {{ queued: {n}, dropped: 0, closed: 0, forwarded: 0 }}")
 }
 
 #[test]

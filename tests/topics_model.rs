@@ -71,7 +71,8 @@ impl Model {
             _ => rng.below(40) as usize,
         };
         let text = format!("m{seq}.{}", "x".repeat(pad));
-        let queued = |n: usize| format!("Delivery {{ queued: {n}, dropped: 0, closed: 0 }}");
+        let queued =
+            |n: usize| format!("Delivery {{ queued: {n}, dropped: 0, closed: 0, forwarded: 0 }}");
         match rng.below(100) {
             0..=24 => {
                 let answer = if !self.open(k) {
@@ -224,7 +225,7 @@ fn run(seed: u64, commands: usize) {
     let open = (0..=CLIENTS as usize).filter(|&k| model.open(k)).count();
     answers.push("end".to_owned());
     answers.push(format!(
-        "= Delivery {{ queued: {open}, dropped: 0, closed: 0 }}"
+        "= Delivery {{ queued: {open}, dropped: 0, closed: 0, forwarded: 0 }}"
     ));
 
     for (i, want) in answers.iter().enumerate() {

@@ -123,6 +123,7 @@ impl<H: Handler> Server<H> {
         }
         // (Eviction may have freed a slot of the table.)
         let key = self.core.conns.vacant_key();
+        let generation = self.next_generation();
         let shared = &mut self.core.shared;
         if let Err(e) =
             self.poll
@@ -133,8 +134,7 @@ impl<H: Handler> Server<H> {
             shared.admission.socket_gone(slot);
             return;
         }
-        self.next_generation = self.next_generation.wrapping_add(1);
-        let id = ConnId::new(key, self.next_generation);
+        let id = ConnId::new(key, generation);
         if refusal.is_none() {
             let conns = &self.core.conns;
             shared.admission.start_handshake(id, slot, |id| {
@@ -146,7 +146,7 @@ impl<H: Handler> Server<H> {
         let timeout = admission::deadline(&shared.config, shared.admission.handshaking());
         let mut conn = Connection::new(
             transport,
-            self.next_generation,
+            generation,
             slot,
             shared.now,
             shared.after(timeout),

@@ -14,9 +14,11 @@ use slab::Slab;
 
 use super::admission::Admission;
 use super::turn::TurnBuffer;
+use crate::cluster::Peers;
 use crate::connection::{Connection, Phase};
 use crate::deflate::{Compressor, Inflating};
 use crate::frame::sendable_close_code;
+use crate::handle::Command;
 use crate::timers::{TimerId, Timers};
 use crate::topics::Topics;
 use crate::{CloseInfo, Config, ConnId, Frame, SendError, Stats};
@@ -31,6 +33,10 @@ pub struct Delivery {
     pub dropped: usize,
     /// Connections closed under [`SlowConsumer::Close`](crate::SlowConsumer::Close) by it.
     pub closed: usize,
+    /// Other loops of a [`Cluster`](crate::Cluster) the frame was handed to, each to deliver
+    /// it to its own connections (always 0 for a [`Server`](crate::Server)). Their
+    /// recipients are not counted above.
+    pub forwarded: usize,
 }
 
 impl Delivery {
@@ -41,7 +47,13 @@ impl Delivery {
             Err(SendError::SlowConsumerClosed) => self.closed += 1,
             // A closing or lingering connection is not a recipient. (Only `close` reports
             // an invalid close code.)
-            Err(SendError::Gone | SendError::Closing | SendError::InvalidCloseCode) => {}
+            Err(
+                SendError::Gone
+                | SendError::Closing
+                | SendError::InvalidCloseCode
+                | SendError::InboxFull
+                | SendError::OtherLoop,
+            ) => {}
         }
     }
 }
@@ -50,6 +62,8 @@ pub(crate) struct Core<D> {
     pub(crate) conns: Slab<Connection<D>>,
     pub(crate) topics: Topics,
     pub(crate) shared: Shared<D>,
+    /// The other loops, in a [`Cluster`](crate::Cluster) of more than one.
+    pub(crate) peers: Option<Peers>,
 }
 
 /// Everything but the table and the topics, so that one connection (or a topic's list of
@@ -97,6 +111,7 @@ impl<D> Core<D> {
         Core {
             conns: Slab::new(),
             topics: Topics::default(),
+            peers: None,
             shared: Shared {
                 config,
                 stats: Stats::default(),
@@ -139,12 +154,25 @@ impl<D> Core<D> {
     }
 
     pub(crate) fn send(&mut self, id: ConnId, frame: &Frame) -> Result<(), SendError> {
+        if let Some((peers, at)) = remote(&self.peers, id) {
+            let command = Command::Send(id, frame.clone());
+            return peers.to_loop(at, command, &mut self.shared.stats);
+        }
         let (conn, shared) = self.split(id).ok_or(SendError::Gone)?;
         shared.offer(conn, id, frame)
     }
 
-    /// Queues `frame` for every open connection that passes `filter`: a walk over the whole
-    /// table.
+    /// Queues `frame` for every open connection but `except`, on every loop.
+    pub(crate) fn broadcast_all(&mut self, frame: &Frame, except: Option<ConnId>) -> Delivery {
+        let mut delivery = self.broadcast(frame, |id, _| Some(id) != except);
+        if let Some(peers) = &self.peers {
+            delivery.forwarded = peers.broadcast(frame, &mut self.shared.stats);
+        }
+        delivery
+    }
+
+    /// Queues `frame` for every open connection of this loop that passes `filter`: a walk
+    /// over the whole table.
     pub(crate) fn broadcast(
         &mut self,
         frame: &Frame,
@@ -164,9 +192,24 @@ impl<D> Core<D> {
         delivery
     }
 
-    /// Queues `frame` for the subscribers of `topic` but `except`: a walk over the topic's
-    /// subscribers only.
+    /// Queues `frame` for the subscribers of `topic` but `except`, on every loop that has
+    /// some.
     pub(crate) fn publish(
+        &mut self,
+        topic: &str,
+        frame: &Frame,
+        except: Option<ConnId>,
+    ) -> Delivery {
+        let mut delivery = self.publish_here(topic, frame, except);
+        if let Some(peers) = &self.peers {
+            delivery.forwarded = peers.publish(topic, frame, &mut self.shared.stats);
+        }
+        delivery
+    }
+
+    /// Queues `frame` for this loop's subscribers of `topic` but `except`: a walk over the
+    /// topic's subscribers only.
+    pub(crate) fn publish_here(
         &mut self,
         topic: &str,
         frame: &Frame,
@@ -176,6 +219,7 @@ impl<D> Core<D> {
             conns,
             topics,
             shared,
+            ..
         } = self;
         let mut delivery = Delivery::default();
         for &id in topics.subscribers(topic) {
@@ -197,19 +241,35 @@ impl<D> Core<D> {
     /// Subscribes an open connection to `topic`; false if it already was.
     pub(crate) fn subscribe(&mut self, id: ConnId, topic: &str) -> Result<bool, SendError> {
         self.check_open(id)?;
-        Ok(self.topics.subscribe(id, topic))
+        let added = self.topics.subscribe(id, topic);
+        if let Some(peers) = &self.peers {
+            if added && self.topics.subscribers(topic).len() == 1 {
+                peers.subscribed(topic);
+            }
+        }
+        Ok(added)
     }
 
     /// Unsubscribes a connection that is open or closing (its subscriptions go anyway when
     /// it finishes).
     pub(crate) fn unsubscribe(&mut self, id: ConnId, topic: &str) -> Result<bool, SendError> {
         match self.check_open(id) {
-            Ok(()) | Err(SendError::Closing) => Ok(self.topics.unsubscribe(id, topic)),
-            Err(e) => Err(e),
+            Ok(()) | Err(SendError::Closing) => {}
+            Err(e) => return Err(e),
         }
+        let removed = self.topics.unsubscribe(id, topic);
+        if let Some(peers) = &self.peers {
+            if removed && self.topics.subscribers(topic).is_empty() {
+                peers.unsubscribed(topic);
+            }
+        }
+        Ok(removed)
     }
 
     fn check_open(&self, id: ConnId) -> Result<(), SendError> {
+        if remote(&self.peers, id).is_some() {
+            return Err(SendError::OtherLoop);
+        }
         match self.get(id).map(|c| &c.phase) {
             Some(Phase::Open(_)) => Ok(()),
             Some(Phase::Closing { .. }) => Err(SendError::Closing),
@@ -220,6 +280,10 @@ impl<D> Core<D> {
     pub(crate) fn close(&mut self, id: ConnId, code: u16, reason: &str) -> Result<(), SendError> {
         if !sendable_close_code(code) {
             return Err(SendError::InvalidCloseCode);
+        }
+        if let Some((peers, at)) = remote(&self.peers, id) {
+            let command = Command::Close(id, code, reason.to_owned());
+            return peers.to_loop(at, command, &mut self.shared.stats);
         }
         let (conn, shared) = self.split(id).ok_or(SendError::Gone)?;
         match conn.phase {
@@ -239,6 +303,7 @@ impl<D> Core<D> {
             conns,
             topics,
             shared,
+            peers,
         } = self;
         let Some(conn) = conns
             .get_mut(id.key())
@@ -249,7 +314,11 @@ impl<D> Core<D> {
         let Some(data) = conn.finish(shared.now) else {
             return;
         };
-        topics.unsubscribe_all(id);
+        topics.unsubscribe_all(id, |topic| {
+            if let Some(peers) = peers {
+                peers.unsubscribed(topic);
+            }
+        });
         shared.stats.open_connections -= 1;
         shared.closed.push_back((id, data, info));
         shared.schedule(conn, id);
@@ -312,6 +381,12 @@ impl<D> Shared<D> {
         codec_out.clear();
         self.codec_out = codec_out;
     }
+}
+
+/// The other loop `id` is on, with the way there.
+fn remote(peers: &Option<Peers>, id: ConnId) -> Option<(&Peers, usize)> {
+    let peers = peers.as_ref()?;
+    Some((peers, peers.remote(id)?))
 }
 
 /// `d` in ticks (milliseconds), saturating.

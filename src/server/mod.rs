@@ -21,6 +21,7 @@ use std::io;
 use std::mem;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::panic::{self, AssertUnwindSafe};
+use std::sync::Arc;
 use std::time::Duration;
 
 use mio::net::TcpListener;
@@ -28,7 +29,8 @@ use mio::{Events, Interest, Poll, Token, Waker};
 
 pub(crate) use self::core::Core;
 pub use self::core::Delivery;
-use crate::handle::{self, Command, Commands};
+use crate::cluster::Peers;
+use crate::handle::{self, Command, Commands, Inbox};
 use crate::timers::TimerId;
 use crate::{CloseInfo, Config, ConnId, Ctx, Handle, Handler, Message, SendError, Stats};
 
@@ -104,19 +106,8 @@ impl<H: Handler> Server<H> {
     /// Binds `addr` (e.g. `"127.0.0.1:8080"`, or port 0 for any free port) with
     /// `SO_REUSEADDR` and [`Config::backlog`].
     pub fn bind(addr: impl ToSocketAddrs, config: Config, handler: H) -> io::Result<Server<H>> {
-        let addr = addr
-            .to_socket_addrs()?
-            .next()
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no address to bind"))?;
-        let socket = socket2::Socket::new(
-            socket2::Domain::for_address(addr),
-            socket2::Type::STREAM,
-            Some(socket2::Protocol::TCP),
-        )?;
-        socket.set_reuse_address(true)?;
-        socket.bind(&addr.into())?;
-        socket.listen(i32::try_from(config.backlog).unwrap_or(i32::MAX))?;
-        Server::from_listener(socket.into(), config, handler)
+        let listener = listen(first_addr(addr)?, config.backlog, false)?;
+        Server::from_listener(listener, config, handler)
     }
 
     /// Serves on a listener the embedder created (e.g. one inherited from a supervisor);
@@ -156,6 +147,32 @@ impl<H: Handler> Server<H> {
             more_work: false,
             next_generation: 0,
         })
+    }
+
+    /// This loop's inbox, for the handle of a cluster.
+    pub(crate) fn inbox(&self) -> Arc<Inbox> {
+        Arc::clone(self.commands.inbox())
+    }
+
+    /// Makes this server loop `index` of a cluster whose loops `handle` reaches.
+    pub(crate) fn join_cluster(&mut self, index: usize, handle: Handle) {
+        self.core.peers = Some(Peers::new(index, handle.clone()));
+        self.commands.handle = handle;
+        // Generations step by the number of loops from here (see `next_generation`).
+        self.next_generation = index as u32;
+    }
+
+    /// The generation of the next connection. In a cluster of `n` loops, loop `i` draws
+    /// `i + n`, `i + 2n`, …, so that a [`ConnId`] says which loop it is on
+    /// (`generation % n`) and its number is unique across the loops.
+    fn next_generation(&mut self) -> u32 {
+        let (me, n) = self
+            .core
+            .peers
+            .as_ref()
+            .map_or((0, 1), |p| (p.me() as u32, p.count() as u32));
+        self.next_generation = self.next_generation.checked_add(n).unwrap_or(me);
+        self.next_generation
     }
 
     /// The address the server listens on (`None` once it stopped listening for shutdown).
@@ -268,8 +285,9 @@ impl<H: Handler> Server<H> {
 
     fn run_commands(&mut self) {
         // Bounded per turn, so another thread cannot starve the sockets.
+        self.commands.rearm();
         for _ in 0..self.core.shared.config.handle_capacity {
-            let Ok(command) = self.commands.rx.try_recv() else {
+            let Some(command) = self.commands.try_recv() else {
                 return;
             };
             match command {
@@ -283,14 +301,17 @@ impl<H: Handler> Server<H> {
                     | Err(
                         SendError::Dropped
                         | SendError::SlowConsumerClosed
-                        | SendError::InvalidCloseCode,
+                        | SendError::InvalidCloseCode
+                        | SendError::InboxFull
+                        | SendError::OtherLoop,
                     ) => {}
                 },
+                // Only for this loop's connections: whoever sent it reached the others.
                 Command::Broadcast(frame) => {
                     self.core.broadcast(&frame, |_, _| true);
                 }
                 Command::Publish(topic, frame) => {
-                    self.core.publish(&topic, &frame, None);
+                    self.core.publish_here(&topic, &frame, None);
                 }
                 Command::Close(id, code, reason) => {
                     let _ = self.core.close(id, code, &reason);
@@ -352,12 +373,37 @@ impl<H: Handler> Server<H> {
     }
 
     fn publish_stats(&self) {
-        let stats = self.core.stats();
-        match self.commands.stats.lock() {
-            Ok(mut shared) => *shared = stats,
-            Err(poisoned) => *poisoned.into_inner() = stats,
-        }
+        self.commands.publish_stats(self.core.stats());
     }
+}
+
+/// The first address `addr` resolves to.
+pub(crate) fn first_addr(addr: impl ToSocketAddrs) -> io::Result<SocketAddr> {
+    addr.to_socket_addrs()?
+        .next()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no address to bind"))
+}
+
+/// A listening socket on `addr` with `SO_REUSEADDR`, and `SO_REUSEPORT` for the loops of a
+/// cluster (each has its own listener on the same port; the kernel spreads connections over
+/// them).
+pub(crate) fn listen(
+    addr: SocketAddr,
+    backlog: u32,
+    reuse_port: bool,
+) -> io::Result<std::net::TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
+    socket.bind(&addr.into())?;
+    socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
+    Ok(socket.into())
 }
 
 /// A connection that ended without a close handshake (RFC 6455 §7.1.5: code 1006).

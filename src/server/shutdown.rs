@@ -1,8 +1,6 @@
 //! Graceful shutdown: stop accepting, close every WebSocket with 1001, wait for the replies
 //! (up to `Config::shutdown_timeout`), then stop.
 
-use std::sync::atomic::Ordering;
-
 use super::{Life, Server, abnormal};
 use crate::Handler;
 use crate::connection::Phase;
@@ -27,7 +25,7 @@ impl<H: Handler> Server<H> {
         }
         if self.core.conns.is_empty() {
             self.life = Life::Stopped;
-            self.commands.stopped.store(true, Ordering::Release);
+            self.commands.stop();
             log::info!("shut down");
         }
     }
