@@ -63,6 +63,7 @@ pub struct Config {
     pub(crate) handle_capacity: usize,
     pub(crate) events_capacity: usize,
     pub(crate) catch_panics: bool,
+    pub(crate) broker: Option<crate::broker::BrokerRef>,
 }
 
 impl Default for Config {
@@ -93,6 +94,7 @@ impl Default for Config {
             handle_capacity: 4_096,
             events_capacity: 1_024,
             catch_panics: true,
+            broker: None,
         }
     }
 }
@@ -330,6 +332,17 @@ impl Config {
     /// aborts either way). Default **on**.
     pub fn catch_panics(mut self, on: bool) -> Config {
         self.catch_panics = on;
+        self
+    }
+
+    /// Carries topics to and from other nodes (e.g. [`RedisBroker`](crate::RedisBroker),
+    /// cargo feature `redis`): every [`publish`](crate::Ctx::publish) on this node also goes
+    /// to the broker, and what other nodes publish to a topic this node has subscribers to
+    /// is delivered here. [`broadcast`](crate::Ctx::broadcast) and
+    /// [`send`](crate::Ctx::send) stay on this node. The broker is started when the server
+    /// is built and stopped when it stops. Default: none.
+    pub fn broker(mut self, broker: impl crate::Broker) -> Config {
+        self.broker = Some(crate::broker::BrokerRef(std::sync::Arc::new(broker)));
         self
     }
 }

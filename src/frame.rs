@@ -125,6 +125,26 @@ impl Frame {
         self.deflated.get().is_some()
     }
 
+    /// The opcode and payload in one buffer, as a [`Broker`](crate::Broker) carries a frame
+    /// between nodes: the opcode byte, then the payload.
+    pub(crate) fn to_message(&self) -> Vec<u8> {
+        let mut message = Vec::with_capacity(1 + self.payload_len);
+        message.push(self.wire[0] & 0x0F);
+        message.extend_from_slice(self.payload());
+        message
+    }
+
+    /// A frame from [`to_message`](Frame::to_message)'s form (received from another node,
+    /// so checked: a text or binary opcode, and UTF-8 for text).
+    pub(crate) fn from_message(message: &[u8]) -> Option<Frame> {
+        let (&opcode, payload) = message.split_first()?;
+        match opcode {
+            OP_TEXT => std::str::from_utf8(payload).ok().map(Frame::text),
+            OP_BINARY => Some(Frame::binary(payload)),
+            _ => None,
+        }
+    }
+
     fn encode(opcode: u8, payload: &[u8]) -> Frame {
         Frame {
             wire: encode(FIN | opcode, payload),

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use mio::Waker;
 
+use crate::broker::{Broker, BrokerEvent, BrokerStats};
 use crate::cluster::Interest;
 use crate::{ConnId, Frame, HandleError, Stats};
 
@@ -19,6 +20,7 @@ pub(crate) enum Command {
     Close(ConnId, u16, String),
     #[cfg(feature = "tls")]
     SetTls(crate::TlsConfig),
+    Broker(BrokerEvent),
     Shutdown,
 }
 
@@ -56,8 +58,10 @@ pub(crate) enum Command {
 pub struct Handle {
     /// Every loop's inbox, in loop order (one for a [`Server`](crate::Server)).
     loops: Arc<[Arc<Inbox>]>,
-    /// Which loops have subscribers to which topic (none with one loop).
+    /// Which loops have subscribers to which topic (none with one loop and no broker).
     interest: Option<Arc<Interest>>,
+    /// The other nodes ([`Config::broker`](crate::Config::broker)).
+    broker: Option<Arc<dyn Broker>>,
 }
 
 /// A loop's end of the channel, as the senders share it.
@@ -95,6 +99,7 @@ pub(crate) fn channel(capacity: usize, waker: Waker) -> Commands {
         handle: Handle {
             loops: Arc::new([Arc::clone(&inbox)]),
             interest: None,
+            broker: None,
         },
         inbox,
     }
@@ -167,7 +172,17 @@ impl Handle {
     /// [`Ctx::publish`](crate::Ctx::publish).
     /// With several loops it goes only to the loops that have subscribers to `topic`, and
     /// an error means at least one of them refused it.
+    /// With a [`Broker`], the frame also goes to the other nodes.
     pub fn publish(&self, topic: &str, frame: &Frame) -> Result<(), HandleError> {
+        if let Some(broker) = &self.broker {
+            broker.publish(topic, frame);
+        }
+        self.deliver(topic, frame)
+    }
+
+    /// Queues `frame` for every subscriber of `topic` on this node only, not handing it to
+    /// the [`Broker`]: how a broker delivers what another node published.
+    pub fn deliver(&self, topic: &str, frame: &Frame) -> Result<(), HandleError> {
         let topic: Arc<str> = topic.into();
         self.to_loops(self.loops_interested(&topic), || {
             Command::Publish(Arc::clone(&topic), frame.clone())
@@ -249,11 +264,38 @@ impl Handle {
         id.generation() as usize % self.loops.len()
     }
 
-    pub(crate) fn new(loops: Vec<Arc<Inbox>>, interest: Option<Arc<Interest>>) -> Handle {
+    /// Tells the application on every loop what the [`Broker`] is going through
+    /// ([`Handler::on_broker`](crate::Handler::on_broker)).
+    pub fn broker_event(&self, event: BrokerEvent) -> Result<(), HandleError> {
+        self.to_loops(u64::MAX, || Command::Broker(event))
+    }
+
+    /// The [`Broker`]'s counters, if the server has one.
+    pub fn broker_stats(&self) -> Option<BrokerStats> {
+        self.broker.as_ref().map(|broker| broker.stats())
+    }
+
+    pub(crate) fn new(
+        loops: Vec<Arc<Inbox>>,
+        interest: Option<Arc<Interest>>,
+        broker: Option<Arc<dyn Broker>>,
+    ) -> Handle {
         Handle {
             loops: loops.into(),
             interest,
+            broker,
         }
+    }
+
+    pub(crate) fn broker(&self) -> Option<&Arc<dyn Broker>> {
+        self.broker.as_ref()
+    }
+
+    /// Whether every loop has stopped for good.
+    pub(crate) fn is_stopped(&self) -> bool {
+        self.loops
+            .iter()
+            .all(|inbox| inbox.stopped.load(Ordering::Acquire))
     }
 
     pub(crate) fn inbox(&self, index: usize) -> &Inbox {

@@ -128,4 +128,12 @@ pub trait Handler {
     fn on_timer(&mut self, ctx: &mut Ctx<'_, Self::Data>, token: u64) {
         let _ = (ctx, token);
     }
+
+    /// The [`Broker`](crate::Broker) went down or came back
+    /// ([`Config::broker`](crate::Config::broker)); called on every loop. After
+    /// [`BrokerEvent::Up`](crate::BrokerEvent::Up) with `gap`, frames from other nodes may
+    /// have been missed: a good time to resync (e.g. tell clients to fetch history again).
+    fn on_broker(&mut self, ctx: &mut Ctx<'_, Self::Data>, event: crate::BrokerEvent) {
+        let _ = (ctx, event);
+    }
 }

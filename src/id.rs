@@ -14,7 +14,10 @@ use std::fmt;
 ///
 /// In logs an id displays as `#N`, the number of the connection: the server's Nth accepted
 /// TCP connection (counting plain HTTP requests too), unique among them until the count
-/// wraps after 2³² connections. `{:?}` adds the slot: `ConnId(#N, slot S)`.
+/// wraps after 2³² connections. In a [`Cluster`](crate::Cluster) of `n` loops, loop `i`
+/// numbers its connections `i + n`, `i + 2n`, …: still unique across the loops, and `N % n`
+/// is the loop ([`Handle::loop_of`](crate::Handle::loop_of)). `{:?}` adds the slot:
+/// `ConnId(#N, slot S)`.
 ///
 /// ```
 /// # fn demo(ctx: &mut wshub::Ctx<'_, ()>, id: wshub::ConnId) {

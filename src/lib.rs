@@ -1,11 +1,12 @@
 //! # wshub
 //!
-//! An embeddable, single-threaded WebSocket server: one `mio` poll loop owns every socket,
-//! does the HTTP upgrade, decodes frames with `tungstenite`, queues outgoing frames per
-//! connection with backpressure, and fans messages out to topics or to everyone with frames
-//! encoded once and copied once per loop turn. No async runtime.
+//! An embeddable WebSocket server: one `mio` poll loop owns every socket, does the HTTP
+//! upgrade, decodes frames, queues outgoing frames per connection with backpressure, and fans
+//! messages out to topics or to everyone with frames encoded once and copied once per loop
+//! turn. No async runtime. A [`Cluster`] runs one such loop per core on one port, and sends,
+//! publishes and broadcasts cross its loops.
 //!
-//! You implement [`Handler`]; the server calls it from its one thread with a [`Ctx`] to
+//! You implement [`Handler`]; the server calls it from its loop's thread with a [`Ctx`] to
 //! send, broadcast, subscribe and publish, close and keep per-connection data. Other threads
 //! talk to the server through a [`Handle`].
 //!
@@ -64,6 +65,7 @@
 
 #![warn(missing_docs)]
 
+mod broker;
 mod cluster;
 mod config;
 mod connection;
@@ -87,6 +89,9 @@ mod tls;
 mod topics;
 mod transport;
 
+pub use broker::{Broker, BrokerEvent, BrokerStats};
+#[cfg(feature = "redis")]
+pub use broker::{RedisBroker, RedisBrokerError};
 pub use bytes::Bytes;
 pub use cluster::Cluster;
 pub use config::{Config, SlowConsumer};

@@ -8,7 +8,9 @@
 //! loop already has costs no lock at all.
 
 use std::collections::HashMap;
-use std::sync::{PoisonError, RwLock};
+use std::sync::{Arc, PoisonError, RwLock};
+
+use crate::broker::Broker;
 
 /// The most loops a cluster can have: one bit each in a `u64`.
 pub(crate) const MAX_LOOPS: usize = 64;
@@ -16,9 +18,19 @@ pub(crate) const MAX_LOOPS: usize = 64;
 #[derive(Default)]
 pub(crate) struct Interest {
     topics: RwLock<HashMap<Box<str>, u64>>,
+    /// Told when the node (any loop) gets its first subscriber to a topic or loses its last,
+    /// under the lock, so it sees those changes in the order they happened.
+    broker: Option<Arc<dyn Broker>>,
 }
 
 impl Interest {
+    pub(crate) fn new(broker: Option<Arc<dyn Broker>>) -> Interest {
+        Interest {
+            topics: RwLock::default(),
+            broker,
+        }
+    }
+
     /// `loop_index` has its first local subscriber to `topic`.
     pub(crate) fn add(&self, topic: &str, loop_index: usize) {
         let mut topics = self.topics.write().unwrap_or_else(PoisonError::into_inner);
@@ -26,6 +38,9 @@ impl Interest {
             Some(mask) => *mask |= 1 << loop_index,
             None => {
                 topics.insert(topic.into(), 1 << loop_index);
+                if let Some(broker) = &self.broker {
+                    broker.subscribe(topic);
+                }
             }
         }
     }
@@ -37,6 +52,9 @@ impl Interest {
             *mask &= !(1 << loop_index);
             if *mask == 0 {
                 topics.remove(topic);
+                if let Some(broker) = &self.broker {
+                    broker.unsubscribe(topic);
+                }
             }
         }
     }

@@ -99,28 +99,40 @@ where
             let listener = listen(addr, config.backlog, threads > 1)?;
             // Port 0: the others join the port the first one got.
             addr = listener.local_addr()?;
-            loops.push(Server::from_listener(
-                listener,
-                per_loop.clone(),
-                factory(index),
-            )?);
+            loops.push(Server::loop_on(listener, per_loop.clone(), factory(index))?);
         }
-        let handle = if threads == 1 {
+        let broker = config.broker.map(|b| b.0);
+        let handle = if threads == 1 && broker.is_none() {
             loops[0].handle()
         } else {
             let inboxes = loops.iter().map(Server::inbox).collect();
-            let handle = Handle::new(inboxes, Some(Arc::new(Interest::default())));
+            let interest = Interest::new(broker.clone());
+            let handle = Handle::new(inboxes, Some(Arc::new(interest)), broker.clone());
             for (index, server) in loops.iter_mut().enumerate() {
                 server.join_cluster(index, handle.clone());
             }
             handle
         };
+        if let Some(broker) = &broker {
+            broker.start(handle.clone());
+        }
         Ok(Cluster { loops, handle })
     }
 
     /// The address every loop listens on.
     pub fn local_addr(&self) -> Option<SocketAddr> {
         self.loops[0].local_addr()
+    }
+
+    /// Loop `index` before [`run`](Cluster::run): to arm a timer on it
+    /// ([`Server::set_timer`]) or reach its handler.
+    pub fn loop_mut(&mut self, index: usize) -> Option<&mut Server<H>> {
+        self.loops.get_mut(index)
+    }
+
+    /// How many loops the cluster has.
+    pub fn loops(&self) -> usize {
+        self.loops.len()
     }
 
     /// A handle that addresses every loop (see [`Handle`]).
@@ -164,6 +176,9 @@ where
                     failure = failure.or(Some(io::Error::other("a loop's thread panicked")));
                 }
             }
+        }
+        if let Some(broker) = self.handle.broker() {
+            broker.stop();
         }
         failure.map_or(Ok(handlers), Err)
     }

@@ -50,8 +50,12 @@ impl Peers {
         }
     }
 
-    /// Hands `frame` to every other loop with subscribers to `topic`; returns how many took it.
+    /// Hands `frame` to every other loop with subscribers to `topic`, and to the broker;
+    /// returns how many loops took it.
     pub(crate) fn publish(&self, topic: &str, frame: &Frame, stats: &mut Stats) -> usize {
+        if let Some(broker) = self.handle.broker() {
+            broker.publish(topic, frame);
+        }
         let mask = self.handle.loops_interested(topic) & !(1 << self.me);
         if mask == 0 {
             return 0;

@@ -29,7 +29,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 
 pub(crate) use self::core::Core;
 pub use self::core::Delivery;
-use crate::cluster::Peers;
+use crate::cluster::{self, Peers};
 use crate::handle::{self, Command, Commands, Inbox};
 use crate::timers::TimerId;
 use crate::{CloseInfo, Config, ConnId, Ctx, Handle, Handler, Message, SendError, Stats};
@@ -89,6 +89,9 @@ pub struct Server<H: Handler> {
     /// Work was left for the next turn: poll without sleeping.
     more_work: bool,
     next_generation: u32,
+    /// This server started the configured broker (it is not a loop of a cluster), and stops
+    /// it when it stops.
+    owns_broker: bool,
 }
 
 /// Where the server is in its life.
@@ -113,6 +116,29 @@ impl<H: Handler> Server<H> {
     /// Serves on a listener the embedder created (e.g. one inherited from a supervisor);
     /// it is switched to non-blocking mode.
     pub fn from_listener(
+        listener: std::net::TcpListener,
+        config: Config,
+        handler: H,
+    ) -> io::Result<Server<H>> {
+        let mut server = Server::loop_on(listener, config, handler)?;
+        if let Some(broker) = server.core.shared.config.broker.clone() {
+            let handle = Handle::new(
+                vec![server.inbox()],
+                Some(Arc::new(cluster::Interest::new(Some(Arc::clone(
+                    &broker.0,
+                ))))),
+                Some(Arc::clone(&broker.0)),
+            );
+            server.join_cluster(0, handle.clone());
+            broker.0.start(handle);
+            server.owns_broker = true;
+        }
+        Ok(server)
+    }
+
+    /// A server on `listener` that is not started as a node of its own: a loop of a
+    /// cluster, which starts the broker once for all its loops.
+    pub(crate) fn loop_on(
         listener: std::net::TcpListener,
         config: Config,
         handler: H,
@@ -146,6 +172,7 @@ impl<H: Handler> Server<H> {
             life: Life::Running,
             more_work: false,
             next_generation: 0,
+            owns_broker: false,
         })
     }
 
@@ -325,6 +352,9 @@ impl<H: Handler> Server<H> {
                     } else {
                         log::warn!("set_tls on a plain server: ignored");
                     }
+                }
+                Command::Broker(event) => {
+                    self.callback(|handler, ctx| handler.on_broker(ctx, event));
                 }
                 Command::Shutdown => self.core.shared.shutdown_requested = true,
             }

@@ -26,6 +26,11 @@ impl<H: Handler> Server<H> {
         if self.core.conns.is_empty() {
             self.life = Life::Stopped;
             self.commands.stop();
+            if self.owns_broker {
+                if let Some(broker) = &self.core.shared.config.broker {
+                    broker.0.stop();
+                }
+            }
             log::info!("shut down");
         }
     }

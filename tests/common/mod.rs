@@ -3,6 +3,7 @@
 
 pub mod deflate;
 pub mod python;
+pub mod redis;
 pub mod scripted;
 #[cfg(feature = "tls")]
 pub mod tls;
