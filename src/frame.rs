@@ -125,6 +125,7 @@ impl Frame {
         self.deflated.get().is_some()
     }
 
+    #[cfg(feature = "redis")]
     /// The opcode and payload in one buffer, as a [`Broker`](crate::Broker) carries a frame
     /// between nodes: the opcode byte, then the payload.
     pub(crate) fn to_message(&self) -> Vec<u8> {
@@ -134,6 +135,7 @@ impl Frame {
         message
     }
 
+    #[cfg(feature = "redis")]
     /// A frame from [`to_message`](Frame::to_message)'s form (received from another node,
     /// so checked: a text or binary opcode, and UTF-8 for text).
     pub(crate) fn from_message(message: &[u8]) -> Option<Frame> {

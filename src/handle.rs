@@ -292,6 +292,7 @@ impl Handle {
     }
 
     /// Whether every loop has stopped for good.
+    #[cfg(feature = "redis")]
     pub(crate) fn is_stopped(&self) -> bool {
         self.loops
             .iter()

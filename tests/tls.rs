@@ -308,3 +308,76 @@ fn https_keep_alive_then_an_upgrade_on_the_same_tls_connection() {
     echo_round(&mut ws, "after keep-alive");
     assert_eq!(seen.lock().unwrap().len(), 3);
 }
+
+#[test]
+fn one_server_on_a_tls_port_and_a_plain_port_broadcasts_to_both_kinds_in_order() {
+    let (tls, trusted) = localhost();
+    let mut server = wshub::Server::bind("127.0.0.1:0", Config::default().tls(tls), Hub)
+        .expect("bind the TLS port");
+    let tls_addr = server.local_addr().expect("TLS address");
+    let plain = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the plain port");
+    let plain_addr = server
+        .add_plain_listener(plain)
+        .expect("add the plain port");
+    let handle = server.handle();
+    let thread = std::thread::spawn(move || server.run());
+
+    let mut secure: Vec<_> = (0..10)
+        .map(|_| connect_ws(tls_addr, "localhost", "/", &trusted))
+        .collect();
+    let mut clear: Vec<_> = (0..10)
+        .map(|_| common::connect(&format!("ws://{plain_addr}/")))
+        .collect();
+    // A plain request on the TLS port is not answered in plain text: it is closed.
+    let mut probe = std::net::TcpStream::connect(tls_addr).unwrap();
+    probe.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    probe
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = probe.read_to_end(&mut answer);
+    assert!(
+        !answer.starts_with(b"HTTP/1.1"),
+        "plain HTTP answered on the TLS port"
+    );
+
+    // Half the messages come from a plain client, half from a TLS one; every client gets
+    // all of them, in order.
+    let texts: Vec<String> = (0..60)
+        .map(|i| format!("{i}:{}", "x".repeat(i * 50)))
+        .collect();
+    let expect_all = |clients_tls: &mut [tungstenite::WebSocket<tls::TlsStream>],
+                      clients_plain: &mut [Client],
+                      wanted: &[String]| {
+        for (c, ws) in clients_tls.iter_mut().enumerate() {
+            for text in wanted {
+                match ws.read().unwrap() {
+                    tungstenite::Message::Text(got) => assert_eq!(got.as_str(), text, "wss {c}"),
+                    other => panic!("wss client {c}: expected text, got {other:?}"),
+                }
+            }
+        }
+        for (c, ws) in clients_plain.iter_mut().enumerate() {
+            for text in wanted {
+                assert_eq!(&next_text(ws), text, "ws client {c}");
+            }
+        }
+    };
+    for text in &texts[..30] {
+        clear[0]
+            .send(tungstenite::Message::text(text.as_str()))
+            .unwrap();
+    }
+    expect_all(&mut secure, &mut clear, &texts[..30]);
+    for text in &texts[30..] {
+        secure[0]
+            .send(tungstenite::Message::text(text.as_str()))
+            .unwrap();
+    }
+    expect_all(&mut secure, &mut clear, &texts[30..]);
+
+    let stats = handle.stats();
+    assert_eq!(stats.open_connections, 20);
+    handle.shutdown().unwrap();
+    thread.join().unwrap().unwrap();
+}

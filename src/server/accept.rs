@@ -9,7 +9,7 @@ use mio::{Interest, Token};
 
 use super::admission::{self, Refusal};
 use super::core::Core;
-use super::{Server, WAKER, abnormal};
+use super::{RESERVED, Server, abnormal};
 use crate::connection::Connection;
 use crate::timers::TimerKey;
 use crate::transport::Transport;
@@ -39,19 +39,21 @@ impl Default for Accept {
 }
 
 impl<H: Handler> Server<H> {
-    pub(super) fn accept_all(&mut self) {
+    /// Accepts what listener `index` has waiting.
+    pub(super) fn accept_all(&mut self, index: usize) {
         while !self.accept.paused {
-            let Some(listener) = &self.listener else {
+            let Some(listener) = self.listeners.get(index) else {
                 return;
             };
-            match listener.accept() {
+            let plain = listener.plain;
+            match listener.socket.accept() {
                 Ok((sock, peer)) => {
                     if self.accept.failing {
                         self.accept.failing = false;
                         log::info!("accepting connections again");
                     }
                     self.accept.backoff_ms = BACKOFF_MIN_MS;
-                    self.admit(sock, peer);
+                    self.admit(sock, peer, plain);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e)
@@ -78,21 +80,23 @@ impl<H: Handler> Server<H> {
     }
 
     /// The stream a new socket becomes: TLS on a TLS port (with the certificates in force
-    /// now: a reload applies to connections accepted after it).
-    fn transport(&self, sock: TcpStream) -> io::Result<Transport> {
+    /// now: a reload applies to connections accepted after it), unless its listener is
+    /// `plain`.
+    fn transport(&self, sock: TcpStream, plain: bool) -> io::Result<Transport> {
         #[cfg(feature = "tls")]
-        if let Some(tls) = &self.core.shared.config.tls {
+        if let (Some(tls), false) = (&self.core.shared.config.tls, plain) {
             return Transport::tls(sock, tls);
         }
+        let _ = plain;
         Ok(Transport::Plain(sock))
     }
 
     /// Takes a new socket into the table, or turns it away with a `503` if its address has
     /// too many; makes room by evicting the oldest handshake if every slot is taken.
-    fn admit(&mut self, sock: TcpStream, peer: SocketAddr) {
+    fn admit(&mut self, sock: TcpStream, peer: SocketAddr, plain: bool) {
         // Latency over packet count: frames are already corked into one write per turn.
         let _ = sock.set_nodelay(true);
-        let mut transport = match self.transport(sock) {
+        let mut transport = match self.transport(sock, plain) {
             Ok(transport) => transport,
             Err(e) => {
                 log::warn!("could not set up a new connection: {e}");
@@ -101,7 +105,7 @@ impl<H: Handler> Server<H> {
         };
         let key = self.core.conns.vacant_key();
         let shared = &mut self.core.shared;
-        let slot = if key >= WAKER.0 || key > u32::MAX as usize {
+        let slot = if key >= RESERVED || key > u32::MAX as usize {
             Err(Refusal::Connections)
         } else {
             shared.admission.socket(peer.ip(), &shared.config)

@@ -34,8 +34,12 @@ use crate::handle::{self, Command, Commands, Inbox};
 use crate::timers::TimerId;
 use crate::{CloseInfo, Config, ConnId, Ctx, Handle, Handler, Message, SendError, Stats};
 
-const LISTENER: Token = Token(usize::MAX - 1);
 const WAKER: Token = Token(usize::MAX - 2);
+/// Listener `i` is registered as `Token(FIRST_LISTENER - i)`.
+const FIRST_LISTENER: usize = usize::MAX - 3;
+const MAX_LISTENERS: usize = 16;
+/// Connection keys stay below every token above.
+const RESERVED: usize = FIRST_LISTENER - MAX_LISTENERS;
 /// Every socket is read into this one buffer; the bytes are then handed to the connection's
 /// decoder, so no connection needs a large buffer of its own.
 const READ_BUFFER: usize = 64 * 1024;
@@ -72,7 +76,9 @@ const READS_PER_TURN: usize = 16;
 pub struct Server<H: Handler> {
     poll: Poll,
     events: Events,
-    listener: Option<TcpListener>,
+    /// The listening sockets: the one the server was made with, then any added with
+    /// [`add_plain_listener`](Server::add_plain_listener). Empty once shutting down.
+    listeners: Vec<Listener>,
     core: Core<H::Data>,
     handler: H,
     read_buf: Box<[u8]>,
@@ -92,6 +98,12 @@ pub struct Server<H: Handler> {
     /// This server started the configured broker (it is not a loop of a cluster), and stops
     /// it when it stops.
     owns_broker: bool,
+}
+
+struct Listener {
+    socket: TcpListener,
+    /// Plain TCP even on a server with [`Config::tls`].
+    plain: bool,
 }
 
 /// Where the server is in its life.
@@ -154,13 +166,16 @@ impl<H: Handler> Server<H> {
     ) -> io::Result<Server<H>> {
         let poll = Poll::new()?;
         poll.registry()
-            .register(&mut listener, LISTENER, Interest::READABLE)?;
+            .register(&mut listener, Token(FIRST_LISTENER), Interest::READABLE)?;
         let waker = Waker::new(poll.registry(), WAKER)?;
         let commands = handle::channel(config.handle_capacity, waker);
         Ok(Server {
             events: Events::with_capacity(config.events_capacity),
             poll,
-            listener: Some(listener),
+            listeners: vec![Listener {
+                socket: listener,
+                plain: false,
+            }],
             core: Core::new(config),
             handler,
             read_buf: vec![0; READ_BUFFER].into_boxed_slice(),
@@ -204,7 +219,36 @@ impl<H: Handler> Server<H> {
 
     /// The address the server listens on (`None` once it stopped listening for shutdown).
     pub fn local_addr(&self) -> Option<SocketAddr> {
-        self.listener.as_ref().and_then(|l| l.local_addr().ok())
+        self.listeners.first()?.socket.local_addr().ok()
+    }
+
+    /// Also serves on `listener`, in plain TCP even if the server has [`Config::tls`]: e.g.
+    /// `http://` and `ws://` on one port beside `https://` and `wss://` on another, one
+    /// server, one set of connections and topics (a broadcast reaches both kinds;
+    /// [`Request::is_tls`](crate::Request::is_tls) tells them apart). Returns the address it
+    /// listens on. At most 16 listeners per server.
+    pub fn add_plain_listener(
+        &mut self,
+        listener: std::net::TcpListener,
+    ) -> io::Result<SocketAddr> {
+        if self.listeners.len() >= MAX_LISTENERS || self.life != Life::Running {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "no more listeners: at most 16, and none once shutting down",
+            ));
+        }
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
+        let mut socket = TcpListener::from_std(listener);
+        let token = Token(FIRST_LISTENER - self.listeners.len());
+        self.poll
+            .registry()
+            .register(&mut socket, token, Interest::READABLE)?;
+        self.listeners.push(Listener {
+            socket,
+            plain: true,
+        });
+        Ok(addr)
     }
 
     /// A handle for other threads: send, broadcast, close, shut down, read stats.
@@ -272,8 +316,8 @@ impl<H: Handler> Server<H> {
         let events = mem::replace(&mut self.events, Events::with_capacity(0));
         for event in events.iter() {
             match event.token() {
-                LISTENER => self.accept_all(),
                 WAKER => {}
+                Token(t) if t > RESERVED => self.accept_all(FIRST_LISTENER - t),
                 Token(key) => {
                     if event.is_writable() {
                         self.on_writable(key);

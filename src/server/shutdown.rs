@@ -41,8 +41,8 @@ impl<H: Handler> Server<H> {
             "shutting down: closing {} connections",
             self.core.open_count()
         );
-        if let Some(mut listener) = self.listener.take() {
-            let _ = self.poll.registry().deregister(&mut listener);
+        for mut listener in self.listeners.drain(..) {
+            let _ = self.poll.registry().deregister(&mut listener.socket);
         }
         for id in self.core.ids(|_| true) {
             match self.core.get(id).map(|c| &c.phase) {

@@ -148,7 +148,9 @@ impl<H: Handler> Server<H> {
                 }
                 TimerKey::ResumeAccept => {
                     self.accept.paused = false;
-                    self.accept_all();
+                    for index in 0..self.listeners.len() {
+                        self.accept_all(index);
+                    }
                 }
                 TimerKey::Conn(id) => self.conn_timer(id, at),
             }
