@@ -77,14 +77,20 @@ impl<D> Shared<D> {
             // due), and a handshaking one has no id it could know.
             Phase::Lingering { .. } | Phase::Handshaking(_) => return Err(SendError::Gone),
         }
-        // Queueing has already let the socket take what it would (see `queued`), so a
-        // queue that is still too full belongs to a connection that is really not reading.
         // The frame's plain size is judged, before any compressing: a dedicated compressor
         // must see only the messages that are sent.
-        if conn
-            .outbox
-            .fits(frame.wire_len(), self.config.max_backpressure)
-        {
+        let limit = self.config.max_backpressure;
+        let mut fits = conn.outbox.fits(frame.wire_len(), limit);
+        if !fits && !conn.blocked && conn.outbox.queued() > 0 {
+            // What is queued may be this turn's burst, which the socket would take at once:
+            // `queued` lets it past the watermark, but a watermark at the limit is never
+            // passed. Let the socket take what it will, then judge: a queue still too full
+            // belongs to a connection that is really not reading. (An error is left for the
+            // end-of-turn flush.)
+            let _ = self.write(conn);
+            fits = conn.outbox.fits(frame.wire_len(), limit);
+        }
+        if fits {
             let wire = self.wire_for(conn, frame);
             self.queue_data(conn, id, &wire);
             self.stats.messages_out += 1;
