@@ -34,6 +34,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// How long the subscribing thread waits for a message before it looks at the topics again:
 /// the most a new subscription waits to reach Redis.
 const READ_TIMEOUT: Duration = Duration::from_millis(10);
+/// How long a command's reply may take (a `SUBSCRIBE`'s, a `PING`'s, a pipeline's) before
+/// the connection is taken for lost: a busy or distant Redis is not a dead one.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(3);
 /// How often an idle subscribing connection pings Redis.
 const PING_EVERY: Duration = Duration::from_secs(1);
 /// How long delivering one message may wait for a loop's full inbox before it is dropped.
@@ -236,8 +239,13 @@ impl Shared {
 }
 
 impl Link {
+    /// A connection whose reads and writes time out after [`REPLY_TIMEOUT`], so that a Redis
+    /// that hangs (or a network that drops packets) is noticed rather than waited for.
     fn connect(&self) -> redis::RedisResult<redis::Connection> {
-        self.client.get_connection_with_timeout(MAX_BACKOFF)
+        let conn = self.client.get_connection_with_timeout(MAX_BACKOFF)?;
+        conn.set_read_timeout(Some(REPLY_TIMEOUT))?;
+        conn.set_write_timeout(Some(REPLY_TIMEOUT))?;
+        Ok(conn)
     }
 
     fn channel(&self, topic: &str) -> String {
@@ -326,10 +334,13 @@ fn subscribing(link: &Link, shared: &Shared, node: &Handle) {
             }
         };
         let result = serve(link, shared, node, &mut conn, &mut was_up, &mut backoff);
-        counters.subscriber_up.store(false, Ordering::Relaxed);
+        let was_connected = counters.subscriber_up.swap(false, Ordering::Relaxed);
         counters.subscriptions.store(0, Ordering::Relaxed);
         if let Err(e) = result {
-            let _ = node.broker_event(BrokerEvent::Down);
+            // Down once per loss: an attempt that never came up is no news.
+            if was_connected {
+                let _ = node.broker_event(BrokerEvent::Down);
+            }
             backoff.failed(&format!("subscribing connection lost: {e}"));
         }
     }
@@ -346,10 +357,11 @@ fn serve(
 ) -> redis::RedisResult<()> {
     let counters = &shared.counters;
     let mut pubsub = conn.as_pubsub();
-    pubsub.set_read_timeout(Some(READ_TIMEOUT))?;
     let mut subscribed = HashSet::new();
     shared.wanted().changed = true;
-    sync_subscriptions(link, shared, &mut pubsub, &mut subscribed)?;
+    if let Some(changes) = take_changes(shared, &subscribed) {
+        apply_changes(link, shared, &mut pubsub, &mut subscribed, changes)?;
+    }
     counters.subscriber_up.store(true, Ordering::Relaxed);
     if *was_up {
         counters.reconnects.fetch_add(1, Ordering::Relaxed);
@@ -362,41 +374,62 @@ fn serve(
     *was_up = true;
     backoff.reset();
     let mut pinged = Instant::now();
+    let mut short_wait = false;
     loop {
         if shared.stopping() || node.is_stopped() {
             return Ok(());
         }
-        sync_subscriptions(link, shared, &mut pubsub, &mut subscribed)?;
+        // The wait for messages is short, so the topics are looked at often; a command's
+        // reply gets REPLY_TIMEOUT. (Switched only when needed: a setsockopt each.)
+        let ping_due = pinged.elapsed() >= PING_EVERY;
+        let changes = take_changes(shared, &subscribed);
+        if short_wait && (ping_due || changes.is_some()) {
+            pubsub.set_read_timeout(Some(REPLY_TIMEOUT))?;
+            short_wait = false;
+        }
+        if let Some(changes) = changes {
+            apply_changes(link, shared, &mut pubsub, &mut subscribed, changes)?;
+        }
+        if ping_due {
+            pubsub.ping::<redis::Value>()?;
+            pinged = Instant::now();
+        }
+        if !short_wait {
+            pubsub.set_read_timeout(Some(READ_TIMEOUT))?;
+            short_wait = true;
+        }
         match pubsub.get_message() {
             Ok(msg) => deliver(link, shared, node, &msg),
             Err(e) if e.is_timeout() => {}
             Err(e) => return Err(e),
         }
-        if pinged.elapsed() >= PING_EVERY {
-            pubsub.ping::<redis::Value>()?;
-            pinged = Instant::now();
-        }
     }
 }
 
-/// Makes Redis' subscriptions those wanted, if they changed: one `SUBSCRIBE` for all the
-/// new ones and one `UNSUBSCRIBE` for all the gone ones.
-fn sync_subscriptions(
+/// Topics to subscribe to and to unsubscribe from, if the wanted ones changed since the
+/// last look.
+type Changes = (Vec<Box<str>>, Vec<Box<str>>);
+
+fn take_changes(shared: &Shared, subscribed: &HashSet<Box<str>>) -> Option<Changes> {
+    let mut wanted = shared.wanted();
+    if !wanted.changed {
+        return None;
+    }
+    wanted.changed = false;
+    let add = wanted.topics.difference(subscribed).cloned().collect();
+    let remove = subscribed.difference(&wanted.topics).cloned().collect();
+    Some((add, remove))
+}
+
+/// Makes Redis' subscriptions follow `changes`: one `SUBSCRIBE` for all the new topics and
+/// one `UNSUBSCRIBE` for all the gone ones.
+fn apply_changes(
     link: &Link,
     shared: &Shared,
     pubsub: &mut redis::PubSub<'_>,
     subscribed: &mut HashSet<Box<str>>,
+    (add, remove): Changes,
 ) -> redis::RedisResult<()> {
-    let (add, remove) = {
-        let mut wanted = shared.wanted();
-        if !wanted.changed {
-            return Ok(());
-        }
-        wanted.changed = false;
-        let add: Vec<Box<str>> = wanted.topics.difference(subscribed).cloned().collect();
-        let remove: Vec<Box<str>> = subscribed.difference(&wanted.topics).cloned().collect();
-        (add, remove)
-    };
     let channels =
         |topics: &[Box<str>]| -> Vec<String> { topics.iter().map(|t| link.channel(t)).collect() };
     // An empty UNSUBSCRIBE would drop every subscription.

@@ -29,17 +29,29 @@ pub struct Redis {
 }
 
 impl Redis {
-    /// A new server on a free port.
+    /// A new server on a free port. (Another process may take the port between the pick and
+    /// redis-server's bind: then another port is tried.)
     pub fn start() -> Redis {
-        let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        Redis::start_on(port)
+        let mut last = String::new();
+        for _ in 0..5 {
+            let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+                .and_then(|l| l.local_addr())
+                .expect("a free port")
+                .port();
+            match Redis::try_start_on(port) {
+                Ok(redis) => return redis,
+                Err(e) => last = e,
+            }
+        }
+        panic!("redis-server did not start on 5 free ports; the last said: {last}");
     }
 
     /// A new server on `port` (e.g. the port of one that was killed: a restart).
     pub fn start_on(port: u16) -> Redis {
+        Redis::try_start_on(port).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn try_start_on(port: u16) -> Result<Redis, String> {
         let exe = redis_server();
         let dir = target_dir().join("redis").join(format!("{port}"));
         fs::create_dir_all(&dir).expect("redis directory");
@@ -60,8 +72,8 @@ impl Redis {
             port,
             dir,
         };
-        redis.wait_until_up();
-        redis
+        redis.wait_until_up()?;
+        Ok(redis)
     }
 
     /// `redis://127.0.0.1:PORT/`.
@@ -99,7 +111,7 @@ impl Redis {
             .unwrap_or_else(|| panic!("unexpected PUBSUB NUMSUB reply {reply:?}"))
     }
 
-    fn wait_until_up(&mut self) {
+    fn wait_until_up(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             if let Ok(mut s) = TcpStream::connect((Ipv4Addr::LOCALHOST, self.port)) {
@@ -109,7 +121,7 @@ impl Redis {
                     && s.read(&mut buf)
                         .is_ok_and(|n| buf[..n].starts_with(b"+PONG"))
                 {
-                    return;
+                    return Ok(());
                 }
             }
             if let Some(status) = self
@@ -118,16 +130,18 @@ impl Redis {
                 .and_then(|c| c.try_wait().ok().flatten())
             {
                 let log = fs::read_to_string(self.dir.join("redis.log")).unwrap_or_default();
-                panic!(
+                self.child = None;
+                return Err(format!(
                     "redis-server exited ({status}) on port {}: {log}",
                     self.port
-                );
+                ));
             }
-            assert!(
-                Instant::now() < deadline,
-                "redis-server did not answer on port {} within {START_TIMEOUT:?}",
-                self.port
-            );
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "redis-server did not answer on port {} within {START_TIMEOUT:?}",
+                    self.port
+                ));
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
     }
