@@ -1,5 +1,6 @@
 //! The chat example's protocol, end to end: the chat from `examples/chat/chat.rs` on a test
-//! server, real tungstenite clients and raw HTTP on loopback. Every read has a timeout
+//! server (one loop; `tests/chat_cluster.rs` runs it on two), real tungstenite clients
+//! (`chat_client::C`) and raw HTTP on loopback. Every read has a timeout
 //! (common::IO_TIMEOUT), so a missing message fails a test instead of hanging it.
 //!
 //! "Nothing else arrived" is checked with a fence: after the step under test, a message
@@ -10,10 +11,12 @@ mod common;
 #[path = "../examples/chat/chat.rs"]
 #[allow(dead_code)]
 mod chat;
+mod chat_client;
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use chat::{Chat, Options, close};
+use chat_client::*;
 use common::*;
 use serde_json::{Value, json};
 use tungstenite::Message;
@@ -32,191 +35,6 @@ fn opts() -> Options {
 
 fn chat(opts: Options) -> Server {
     start(chat::config(), Chat::new(opts))
-}
-
-/// A client: the socket, and the last `seq` it saw (every server message has a higher one).
-struct C {
-    ws: Client,
-    seq: u64,
-    id: String,
-    name: String,
-    token: String,
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
-}
-
-/// Removes `ts` and `seq` (after checking them) from a message and its history items.
-fn strip(mut v: Value) -> Value {
-    if let Some(obj) = v.as_object_mut() {
-        let ts = obj.remove("ts").and_then(|t| t.as_u64()).expect("ts");
-        assert!(ts.abs_diff(now_ms()) < 60_000, "ts {ts} is not now");
-        obj.remove("seq").and_then(|s| s.as_u64()).expect("seq");
-        if let Some(Value::Array(items)) = obj.get_mut("history") {
-            for item in items.iter_mut() {
-                *item = strip(item.take());
-            }
-        }
-    }
-    v
-}
-
-impl C {
-    /// Connects to `/ws?QUERY` and expects either a welcome (→ Ok) or an error (→ Err
-    /// with the error and the close code).
-    fn try_connect(server: &Server, query: &str) -> Result<C, (Value, u16)> {
-        let mut c = C {
-            ws: connect(&server.url(&format!("/ws?{query}"))),
-            seq: 0,
-            id: String::new(),
-            name: String::new(),
-            token: String::new(),
-        };
-        let first = c.recv_full();
-        if first["type"] == "error" {
-            let code = c.expect_close();
-            return Err((strip(first), code));
-        }
-        assert_eq!(first["type"], "welcome", "{first}");
-        c.id = first["you"]["id"].as_str().unwrap().to_owned();
-        c.name = first["you"]["name"].as_str().unwrap().to_owned();
-        c.token = first["token"].as_str().unwrap().to_owned();
-        Ok(c)
-    }
-
-    /// A new user named `name`, welcomed and put into the lobby.
-    fn new(server: &Server, name: &str) -> C {
-        let mut c = C::try_connect(server, &format!("name={name}")).expect("welcome");
-        c.expect_joined("lobby");
-        c
-    }
-
-    /// The next message is the `joined` state of `room`; returns it.
-    fn expect_joined(&mut self, room: &str) -> Value {
-        let v = self.recv();
-        assert_eq!(
-            (v["type"].as_str(), v["room"].as_str()),
-            (Some("joined"), Some(room)),
-            "{v}"
-        );
-        v
-    }
-
-    /// Another connection (tab) of this user.
-    fn tab(&self, server: &Server) -> C {
-        C::try_connect(server, &format!("name={}&token={}", self.name, self.token))
-            .expect("welcome")
-    }
-
-    fn send(&mut self, v: Value) {
-        self.ws.send(Message::text(v.to_string())).expect("send");
-    }
-
-    fn recv_full(&mut self) -> Value {
-        let text = next_text(&mut self.ws);
-        let v: Value = serde_json::from_str(&text).expect("server sent JSON");
-        let seq = v["seq"].as_u64().expect("every message has a seq");
-        assert!(seq > self.seq, "seq went from {} to {seq}: {v}", self.seq);
-        self.seq = seq;
-        v
-    }
-
-    /// The next message without `ts` and `seq`.
-    fn recv(&mut self) -> Value {
-        strip(self.recv_full())
-    }
-
-    /// The next message must be a close frame; returns its code.
-    fn expect_close(&mut self) -> u16 {
-        match next_data(&mut self.ws) {
-            Message::Close(Some(frame)) => u16::from(frame.code),
-            other => panic!("expected a close frame, got {other:?}"),
-        }
-    }
-
-    fn me(&self) -> Value {
-        json!({ "id": self.id, "name": self.name })
-    }
-
-    /// Joins (or re-reads) a room; returns the `joined` state.
-    fn join(&mut self, room: &str) -> Value {
-        self.send(json!({ "type": "join", "room": room }));
-        let v = self.recv();
-        assert_eq!(v["type"], "joined", "{v}");
-        v
-    }
-
-    fn say(&mut self, room: &str, text: &str) {
-        self.send(json!({ "type": "say", "room": room, "text": text }));
-    }
-
-    /// Sends `request` and expects an error with `code`.
-    fn expect_error(&mut self, request: Value, code: &str) {
-        self.send(request.clone());
-        self.expect_error_reply(code, &request.to_string());
-    }
-
-    fn expect_error_reply(&mut self, code: &str, what: &str) {
-        let v = self.recv();
-        assert_eq!(v["type"], "error", "{what}: {v}");
-        assert_eq!(v["code"], code, "{what}: {v}");
-        assert_eq!(v["from"], "server");
-        assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
-    }
-
-    fn close(mut self) {
-        let _ = self.ws.close(None);
-        // Read until the server's close reply (or the end), so the close is finished.
-        while let Ok(m) = self.ws.read() {
-            if m.is_close() {
-                break;
-            }
-        }
-    }
-}
-
-fn message(from: &C, room: &str, text: &str) -> Value {
-    json!({ "type": "message", "from": from.me(), "room": room, "text": text })
-}
-
-fn presence(from: &C, event: &str, room: &str) -> Value {
-    json!({ "type": "presence", "from": from.me(), "event": event, "room": room })
-}
-
-/// A plain HTTP exchange on a connection of its own: (status, head, body).
-fn http(
-    server: &Server,
-    method: &str,
-    path: &str,
-    headers: &str,
-    body: &str,
-) -> (u16, String, String) {
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Length: {}\r\n\
-         {headers}\r\n{body}",
-        server.addr,
-        body.len()
-    );
-    let response = raw_exchange(server.addr, request.as_bytes());
-    let text = String::from_utf8_lossy(&response).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").expect("a complete response");
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("status");
-    (status, head.to_owned(), body.to_owned())
-}
-
-fn push(server: &Server, token: Option<&str>, body: &str) -> (u16, Value) {
-    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
-    let headers = format!("{auth}Content-Type: application/json\r\n");
-    let (status, _, body) = http(server, "POST", "/push", &headers, body);
-    (status, serde_json::from_str(&body).expect("JSON answer"))
 }
 
 // ----- joining -----
@@ -1319,6 +1137,9 @@ fn stats_report_the_server_and_the_chat() {
     assert!(head.contains("Content-Type: application/json"));
     let s: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(s["connections"], 2);
+    // One loop, which answered.
+    assert_eq!(s["loops"], json!([{ "connections": 2 }]));
+    assert_eq!(s["loop"], 0);
     assert_eq!(s["handshakes_accepted"], 2);
     assert_eq!(s["messages_in"], 4, "say, dm, nope, join");
     // (welcome, joined) ×2, presence, message ×2, dm ×2, error, joined
@@ -1386,9 +1207,27 @@ const fn labelled(
     }
 }
 
-/// Every sample `GET /metrics` has.
+const fn labelled_gauge(
+    name: &'static str,
+    label: (&'static str, &'static str),
+    stats: &'static str,
+) -> Metric {
+    Metric {
+        name,
+        label: Some(label),
+        counter: false,
+        stats,
+    }
+}
+
+/// Every sample `GET /metrics` has (on one loop).
 const METRICS: &[Metric] = &[
     gauge("wshub_open_connections", "/connections"),
+    labelled_gauge(
+        "wshub_loop_open_connections",
+        ("loop", "0"),
+        "/loops/0/connections",
+    ),
     gauge("wshub_tcp_connections", "/tcp_connections"),
     gauge("wshub_topics", "/topics"),
     counter("wshub_handshakes_accepted_total", "/handshakes_accepted"),
@@ -1472,6 +1311,7 @@ const METRICS: &[Metric] = &[
     counter("wshub_handshake_evictions_total", "/handshake_evictions"),
     counter("wshub_protocol_errors_total", "/protocol_errors"),
     counter("wshub_accept_pauses_total", "/accept_pauses"),
+    counter("wshub_inbox_overflows_total", "/inbox_overflows"),
     gauge("chat_users_online", "/chat/users_online"),
     gauge("chat_users_present", "/chat/users_present"),
     gauge("chat_users_known", "/chat/users_known"),

@@ -3,15 +3,19 @@
 //! and the limits are in `README.md` beside this file.
 //!
 //! ```sh
-//! cargo run --release --example chat [ADDR] [--push-token TOKEN] [--history N] [--no-deflate]
+//! cargo run --release --example chat [ADDR] [--threads N] [--push-token TOKEN] [--history N] [--no-deflate]
 //! cargo run --release --features tls --example chat -- --tls-cert cert.pem --tls-key key.pem
 //! ```
+//!
+//! `--threads N` runs it on N loops (threads) on the one port (a `wshub::Cluster`): the
+//! kernel spreads connections over them, and the chat behaves the same.
 //!
 //! With `--tls-cert` and `--tls-key` it serves `https://` and `wss://` on its one port, and
 //! reloads the two files on SIGHUP (a renewed certificate, without dropping anyone).
 //!
 //! `ADDR` defaults to `127.0.0.1:8080` (port 0: any free port; the URL printed says which).
-//! The push token may also come from the environment variable `CHAT_PUSH_TOKEN`.
+//! The push token may also come from the environment variable `CHAT_PUSH_TOKEN`, and the
+//! number of loops from `CHAT_THREADS`.
 
 mod chat;
 #[path = "../support/mod.rs"]
@@ -19,13 +23,13 @@ mod support;
 
 use std::process::ExitCode;
 
-use wshub::Server;
-
-const USAGE: &str = "usage: chat [ADDR] [--push-token TOKEN] [--history N] [--no-deflate]
-            [--tls-cert FILE --tls-key FILE]
+const USAGE: &str = "usage: chat [ADDR] [--threads N] [--push-token TOKEN] [--history N]
+            [--no-deflate] [--tls-cert FILE --tls-key FILE]
 A chat hub on one port: the page at /, the socket at /ws, POST /push, GET /stats
 and GET /metrics.
   ADDR               listen address (default 127.0.0.1:8080; port 0 picks a free port)
+  --threads N        event loops (threads) sharing the port, 1 to 64 (default:
+                     $CHAT_THREADS, else 1); more when one core is busy at peak
   --push-token TOKEN POST /push requires 'Authorization: Bearer TOKEN'
                      (default: $CHAT_PUSH_TOKEN; none: anyone who can connect may push)
   --history N        messages kept per room and sent on joining it (default 50)
@@ -38,9 +42,11 @@ and GET /metrics.
 Prints its URL, then logs, on stdout (RUST_LOG=debug for more).
 Ctrl-C or SIGTERM shuts down gracefully; a second one exits at once.";
 
-/// The command line: where to listen, the chat's options, and the server's.
+/// The command line: where to listen, on how many loops, the chat's options, and the
+/// server's.
 struct Args {
     addr: String,
+    threads: usize,
     opts: chat::Options,
     deflate: bool,
     tls: support::TlsFiles,
@@ -56,9 +62,13 @@ fn main() -> ExitCode {
     support::main("chat", USAGE, || parse_args(opts), run)
 }
 
+/// Most loops a cluster has.
+const MAX_THREADS: usize = 64;
+
 fn run(
     Args {
         addr,
+        threads,
         opts,
         deflate,
         tls,
@@ -73,37 +83,44 @@ fn run(
     };
     let config = tls.apply(config)?;
     let scheme = if tls.is_set() { "https" } else { "http" };
-    let mut server = Server::bind(&addr, config, chat::Chat::new(opts))
+    let cluster = chat::bind(&addr, config, opts, threads)
         .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
-    chat::start_timers(&mut server);
-    support::shut_down_on_signals(server.handle())?;
+    support::shut_down_on_signals(cluster.handle())?;
     if tls.is_set() {
-        support::reload_tls_on_sighup(server.handle(), tls)?;
+        support::reload_tls_on_sighup(cluster.handle(), tls)?;
     }
-    let local = server.local_addr().ok_or("no local address")?;
+    let local = cluster.local_addr().ok_or("no local address")?;
     // The one line a script (or a person) needs; logs follow.
     println!("{scheme}://{local}/");
     support::init_logging();
     log::info!(
-        "chat on {scheme}://{local}/ (socket /ws, POST /push {}, GET /stats); history {history} per room; permessage-deflate {}",
+        "chat on {scheme}://{local}/ (socket /ws, POST /push {}, GET /stats) on {threads} loop{}; history {history} per room; permessage-deflate {}",
         if with_token {
             "with a bearer token"
         } else {
             "without a token"
         },
+        if threads == 1 { "" } else { "s" },
         if deflate { "on" } else { "off" }
     );
     if !with_token && !local.ip().is_loopback() {
         log::warn!("POST /push is open to anyone who can reach {local}: set --push-token");
     }
-    server.run().map_err(|e| format!("server failed: {e}"))
+    cluster
+        .run()
+        .map(drop)
+        .map_err(|e| format!("server failed: {e}"))
 }
 
-/// `[ADDR] [--push-token TOKEN] [--history N] [--no-deflate]`, over the defaults in `opts`;
-/// `None` for `--help`.
+/// `[ADDR] [--threads N] [--push-token TOKEN] [--history N] [--no-deflate] [--tls-cert FILE
+/// --tls-key FILE]`, over the defaults in `opts` and `$CHAT_THREADS`; `None` for `--help`.
 fn parse_args(mut opts: chat::Options) -> Result<Option<Args>, lexopt::Error> {
     use lexopt::prelude::*;
     let mut addr = None;
+    let mut threads = match std::env::var("CHAT_THREADS") {
+        Ok(n) if !n.is_empty() => parse_threads(&n, "CHAT_THREADS")?,
+        _ => 1,
+    };
     let mut deflate = true;
     let mut tls = support::TlsFiles::default();
     let mut parser = lexopt::Parser::from_env();
@@ -113,6 +130,7 @@ fn parse_args(mut opts: chat::Options) -> Result<Option<Args>, lexopt::Error> {
             Long("push-token") => {
                 opts.push_token = Some(parser.value()?.string()?).filter(|t| !t.is_empty());
             }
+            Long("threads") => threads = parse_threads(&parser.value()?.string()?, "--threads")?,
             Long("history") => opts.history = parser.value()?.parse()?,
             Long("no-deflate") => deflate = false,
             Long("tls-cert") => tls.cert = Some(parser.value()?.string()?),
@@ -123,8 +141,20 @@ fn parse_args(mut opts: chat::Options) -> Result<Option<Args>, lexopt::Error> {
     }
     Ok(Some(Args {
         addr: addr.unwrap_or_else(|| "127.0.0.1:8080".to_owned()),
+        threads,
         opts,
         deflate,
         tls,
     }))
+}
+
+/// A number of loops, 1 to `MAX_THREADS`, from `what` (the option or variable it came in).
+fn parse_threads(value: &str, what: &str) -> Result<usize, lexopt::Error> {
+    match value.trim().parse::<usize>() {
+        Ok(n) if (1..=MAX_THREADS).contains(&n) => Ok(n),
+        _ => Err(lexopt::Error::Custom(
+            format!("{what} must be a number of loops from 1 to {MAX_THREADS}, not {value:?}")
+                .into(),
+        )),
+    }
 }
