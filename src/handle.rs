@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use mio::Waker;
 
 use crate::broker::{Broker, BrokerEvent, BrokerStats};
-use crate::cluster::Interest;
+use crate::topic_loops::TopicLoops;
 use crate::{ConnId, Frame, HandleError, Stats};
 
 /// A command from another thread: a [`Handle`], or another loop of a
@@ -59,7 +59,7 @@ pub struct Handle {
     /// Every loop's inbox, in loop order (one for a [`Server`](crate::Server)).
     loops: Arc<[Arc<Inbox>]>,
     /// Which loops have subscribers to which topic (none with one loop and no broker).
-    interest: Option<Arc<Interest>>,
+    topic_loops: Option<Arc<TopicLoops>>,
     /// The other nodes ([`Config::broker`](crate::Config::broker)).
     broker: Option<Arc<dyn Broker>>,
 }
@@ -98,7 +98,7 @@ pub(crate) fn channel(capacity: usize, waker: Waker) -> Commands {
         rx,
         handle: Handle {
             loops: Arc::new([Arc::clone(&inbox)]),
-            interest: None,
+            topic_loops: None,
             broker: None,
         },
         inbox,
@@ -184,7 +184,7 @@ impl Handle {
     /// the [`Broker`]: how a broker delivers what another node published.
     pub fn deliver(&self, topic: &str, frame: &Frame) -> Result<(), HandleError> {
         let topic: Arc<str> = topic.into();
-        self.to_loops(self.loops_interested(&topic), || {
+        self.to_loops(self.loops_with(&topic), || {
             Command::Publish(Arc::clone(&topic), frame.clone())
         })
     }
@@ -277,12 +277,12 @@ impl Handle {
 
     pub(crate) fn new(
         loops: Vec<Arc<Inbox>>,
-        interest: Option<Arc<Interest>>,
+        topic_loops: Option<Arc<TopicLoops>>,
         broker: Option<Arc<dyn Broker>>,
     ) -> Handle {
         Handle {
             loops: loops.into(),
-            interest,
+            topic_loops,
             broker,
         }
     }
@@ -303,14 +303,14 @@ impl Handle {
         &self.loops[index]
     }
 
-    pub(crate) fn interest(&self) -> Option<&Interest> {
-        self.interest.as_deref()
+    pub(crate) fn topic_loops(&self) -> Option<&TopicLoops> {
+        self.topic_loops.as_deref()
     }
 
     /// The loops that have subscribers to `topic` (every loop when that is not tracked).
-    pub(crate) fn loops_interested(&self, topic: &str) -> u64 {
-        match &self.interest {
-            Some(interest) => interest.loops(topic),
+    pub(crate) fn loops_with(&self, topic: &str) -> u64 {
+        match &self.topic_loops {
+            Some(topic_loops) => topic_loops.loops(topic),
             None => u64::MAX,
         }
     }

@@ -86,6 +86,7 @@ mod stats;
 mod timers;
 #[cfg(feature = "tls")]
 mod tls;
+mod topic_loops;
 mod topics;
 mod transport;
 

@@ -13,8 +13,8 @@ use bytes::Bytes;
 use slab::Slab;
 
 use super::admission::Admission;
+use super::peers::Peers;
 use super::turn::TurnBuffer;
-use crate::cluster::Peers;
 use crate::connection::{Connection, Phase};
 use crate::deflate::{Compressor, Inflating};
 use crate::frame::sendable_close_code;

@@ -13,6 +13,7 @@ mod admission;
 mod core;
 mod inbound;
 mod outbound;
+mod peers;
 mod shutdown;
 mod timeouts;
 mod turn;
@@ -29,9 +30,10 @@ use mio::{Events, Interest, Poll, Token, Waker};
 
 pub(crate) use self::core::Core;
 pub use self::core::Delivery;
-use crate::cluster::{self, Peers};
+use self::peers::Peers;
 use crate::handle::{self, Command, Commands, Inbox};
 use crate::timers::TimerId;
+use crate::topic_loops::TopicLoops;
 use crate::{CloseInfo, Config, ConnId, Ctx, Handle, Handler, Message, SendError, Stats};
 
 const WAKER: Token = Token(usize::MAX - 2);
@@ -136,9 +138,7 @@ impl<H: Handler> Server<H> {
         if let Some(broker) = server.core.shared.config.broker.clone() {
             let handle = Handle::new(
                 vec![server.inbox()],
-                Some(Arc::new(cluster::Interest::new(Some(Arc::clone(
-                    &broker.0,
-                ))))),
+                Some(Arc::new(TopicLoops::new(Some(Arc::clone(&broker.0))))),
                 Some(Arc::clone(&broker.0)),
             );
             server.join_cluster(0, handle.clone());

@@ -56,7 +56,7 @@ impl Peers {
         if let Some(broker) = self.handle.broker() {
             broker.publish(topic, frame);
         }
-        let mask = self.handle.loops_interested(topic) & !(1 << self.me);
+        let mask = self.handle.loops_with(topic) & !(1 << self.me);
         if mask == 0 {
             return 0;
         }
@@ -78,15 +78,15 @@ impl Peers {
 
     /// This loop's first subscriber to `topic`: publishes elsewhere now reach it.
     pub(crate) fn subscribed(&self, topic: &str) {
-        if let Some(interest) = self.handle.interest() {
-            interest.add(topic, self.me);
+        if let Some(topic_loops) = self.handle.topic_loops() {
+            topic_loops.add(topic, self.me);
         }
     }
 
     /// This loop's last subscriber to `topic` left.
     pub(crate) fn unsubscribed(&self, topic: &str) {
-        if let Some(interest) = self.handle.interest() {
-            interest.remove(topic, self.me);
+        if let Some(topic_loops) = self.handle.topic_loops() {
+            topic_loops.remove(topic, self.me);
         }
     }
 

@@ -8,21 +8,17 @@
 //!   [`ConnId`](crate::ConnId) generation), so an id says where the connection lives.
 //! - Crossing: each loop's inbox is the channel its [`Handle`] uses ([`crate::handle`]);
 //!   another loop hands it a command with the frame, whose bytes are shared, not copied.
-//!   A publish goes only to loops that have subscribers to the topic ([`interest`]). Nothing
+//!   A publish goes only to loops that have subscribers to the topic (`topic_loops.rs`); a
+//!   loop's way to the others is `server/peers.rs`. Nothing
 //!   received through an inbox is forwarded again, so each loop gets a frame once.
-
-mod interest;
-mod peers;
 
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 use std::thread;
 
-pub(crate) use self::interest::Interest;
-use self::interest::MAX_LOOPS;
-pub(crate) use self::peers::Peers;
 use crate::server::{first_addr, listen};
+use crate::topic_loops::{MAX_LOOPS, TopicLoops};
 use crate::{Config, Handle, Handler, Server};
 
 /// A server on several threads: one ordinary loop per thread, each with its own poll,
@@ -106,8 +102,8 @@ where
             loops[0].handle()
         } else {
             let inboxes = loops.iter().map(Server::inbox).collect();
-            let interest = Interest::new(broker.clone());
-            let handle = Handle::new(inboxes, Some(Arc::new(interest)), broker.clone());
+            let topic_loops = TopicLoops::new(broker.clone());
+            let handle = Handle::new(inboxes, Some(Arc::new(topic_loops)), broker.clone());
             for (index, server) in loops.iter_mut().enumerate() {
                 server.join_cluster(index, handle.clone());
             }

@@ -16,16 +16,16 @@ use crate::broker::Broker;
 pub(crate) const MAX_LOOPS: usize = 64;
 
 #[derive(Default)]
-pub(crate) struct Interest {
+pub(crate) struct TopicLoops {
     topics: RwLock<HashMap<Box<str>, u64>>,
     /// Told when the node (any loop) gets its first subscriber to a topic or loses its last,
     /// under the lock, so it sees those changes in the order they happened.
     broker: Option<Arc<dyn Broker>>,
 }
 
-impl Interest {
-    pub(crate) fn new(broker: Option<Arc<dyn Broker>>) -> Interest {
-        Interest {
+impl TopicLoops {
+    pub(crate) fn new(broker: Option<Arc<dyn Broker>>) -> TopicLoops {
+        TopicLoops {
             topics: RwLock::default(),
             broker,
         }
@@ -68,19 +68,19 @@ impl Interest {
 
 #[cfg(test)]
 mod tests {
-    use super::Interest;
+    use super::TopicLoops;
 
     #[test]
     fn a_topic_is_known_while_some_loop_has_it() {
-        let interest = Interest::default();
-        assert_eq!(interest.loops("t"), 0);
-        interest.add("t", 0);
-        interest.add("t", 3);
-        assert_eq!(interest.loops("t"), 0b1001);
-        interest.remove("t", 0);
-        assert_eq!(interest.loops("t"), 0b1000);
-        interest.remove("t", 3);
-        assert_eq!(interest.loops("t"), 0);
-        assert!(interest.topics.read().unwrap().is_empty());
+        let topic_loops = TopicLoops::default();
+        assert_eq!(topic_loops.loops("t"), 0);
+        topic_loops.add("t", 0);
+        topic_loops.add("t", 3);
+        assert_eq!(topic_loops.loops("t"), 0b1001);
+        topic_loops.remove("t", 0);
+        assert_eq!(topic_loops.loops("t"), 0b1000);
+        topic_loops.remove("t", 3);
+        assert_eq!(topic_loops.loops("t"), 0);
+        assert!(topic_loops.topics.read().unwrap().is_empty());
     }
 }
