@@ -292,8 +292,8 @@ impl Tls {
                     plain
                 }
             };
-            cipher.clear();
-            self.encrypt(data, cipher)?;
+            let len = self.encrypt(data, cipher)?;
+            let cipher = &cipher[..len];
             // `pending` is empty here unless rustls had handshake records to add first.
             if self.pending.is_empty() {
                 let sent = write_some(&mut self.sock, cipher)?;
@@ -306,27 +306,39 @@ impl Tls {
         })
     }
 
-    /// Appends `data`'s records to `out`.
-    fn encrypt(&mut self, data: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
+    /// Encrypts `data` into the start of `out` (grown if need be, never shrunk: it is the
+    /// thread's scratch, and zeroing it at every write would cost); returns the length.
+    fn encrypt(&mut self, data: &[u8], out: &mut Vec<u8>) -> io::Result<usize> {
         for _ in 0..ALERT_STEPS {
             let UnbufferedStatus { discard, state } =
                 self.conn.process_tls_records(&mut self.partial);
             let state = state.map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-            let done = match state {
+            let encrypted = match state {
                 ConnectionState::WriteTraffic(mut traffic) => {
                     let records = data.len() / TLS_WRITE_CHUNK + 1;
-                    append_with(out, data.len() + records * RECORD_OVERHEAD, |into| {
-                        traffic.encrypt(data, into)
-                    })?;
-                    true
+                    let room = data.len() + records * RECORD_OVERHEAD;
+                    if out.len() < room {
+                        out.resize(room, 0);
+                    }
+                    match traffic.encrypt(data, out) {
+                        Err(EncryptError::InsufficientSize(InsufficientSizeError {
+                            required_size,
+                        })) => {
+                            // Not reached with RECORD_OVERHEAD's room; should rustls ask for
+                            // more, it gets it.
+                            out.resize(required_size, 0);
+                            Some(traffic.encrypt(data, out).map_err(io::Error::other)?)
+                        }
+                        result => Some(result.map_err(io::Error::other)?),
+                    }
                 }
                 ConnectionState::EncodeTlsData(mut encode) => {
                     self.pending.encode(&mut encode)?;
-                    false
+                    None
                 }
                 ConnectionState::TransmitTlsData(transmit) => {
                     transmit.done();
-                    false
+                    None
                 }
                 // Nothing is queued before the handshake is done (the first bytes we send
                 // answer a request); should some be, they wait.
@@ -335,11 +347,13 @@ impl Tls {
                 _ => return Err(io::ErrorKind::BrokenPipe.into()),
             };
             self.partial.drain(..discard.min(self.partial.len()));
-            if done {
-                return Ok(());
+            if let Some(len) = encrypted {
+                return Ok(len);
             }
         }
-        Err(io::Error::other("TLS: no room to encrypt"))
+        Err(io::Error::other(
+            "TLS: handshake records without end before encrypting",
+        ))
     }
 }
 
