@@ -609,11 +609,11 @@ fn memory_table(results: &[MemResult], n: usize, trim: bool, nofile: u64) -> Str
                 .map_or("–".to_string(), |h| format!("{h:.0}"))
         );
     }
-    t += "\n- wshub wss over ws: mostly rustls' `ServerConnection` (boxed in the connection's \
-          transport, ~1.2 KB inline) and what it allocates: its record deframer buffer, which \
-          rustls 0.23 sizes to at least 4 KiB on every `read_tls` and keeps for the life of \
-          the connection (`DeframerVecBuffer::prepare_read`, READ_SIZE = 4096), and the \
-          traffic keys and key schedule of the record layer.\n\
+    t += "\n- wshub wss over ws: mostly rustls' `UnbufferedServerConnection` (boxed in the \
+          connection's transport) with the traffic keys and key schedule of the record layer. \
+          The transport keeps no record buffer when idle: ciphertext is decrypted from the \
+          loop's shared read buffer, and only a partial record or ciphertext the socket did \
+          not take is held per connection, freed once empty.\n\
           - tokio wss: tokio-tungstenite's default read buffer (128 KiB per connection) \
           dominates.\n\n";
     t

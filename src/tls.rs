@@ -118,11 +118,28 @@ struct Names {
 
 impl ResolvesServerCert for Names {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        // rustls' unbuffered connection does not tell its SNI name: keep it for the
+        // connection whose handshake runs now, on this thread (`take_resolved_name`).
+        RESOLVED_NAME.with(|seen| seen.replace(Some(hello.server_name().map(Box::from))));
         let named = hello
             .server_name()
             .and_then(|name| self.by_name.get(&name.to_ascii_lowercase()));
         Some(Arc::clone(named.unwrap_or(&self.default)))
     }
+}
+
+thread_local! {
+    /// The SNI name of the last ClientHello this thread's loop resolved a certificate for.
+    static RESOLVED_NAME: std::cell::RefCell<Option<Option<Box<str>>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// The SNI name (or its absence) of a ClientHello handled since the last call, if one was.
+/// rustls resolves the certificate of every handshake synchronously inside the call that
+/// processes the ClientHello, so asked right after each such call this is that
+/// connection's name (what `ServerConnection::server_name` would say).
+pub(crate) fn take_resolved_name() -> Option<Option<Box<str>>> {
+    RESOLVED_NAME.with(|seen| seen.take())
 }
 
 impl TlsConfig {

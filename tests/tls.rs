@@ -45,7 +45,7 @@ impl Handler for Echo {
     }
 }
 
-fn echo_round(ws: &mut tungstenite::WebSocket<tls::TlsStream>, text: &str) {
+fn echo_round<S: Read + Write>(ws: &mut tungstenite::WebSocket<S>, text: &str) {
     ws.send(tungstenite::Message::text(text)).unwrap();
     match ws.read().unwrap() {
         tungstenite::Message::Text(t) => assert_eq!(t.as_str(), text),
@@ -84,6 +84,53 @@ fn wss_echo_and_https_with_request_telling_tls_and_sni() {
             (true, Some("localhost".into())),
             (true, Some("localhost".into()))
         ]
+    );
+}
+
+/// A socket that writes a few bytes at a time, without Nagle's delay, so the server reads
+/// every TLS record (the ClientHello included) in many pieces.
+struct Trickle(std::net::TcpStream);
+
+impl Read for Trickle {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+
+impl Write for Trickle {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.0.write(&buf[..buf.len().min(7)])?;
+        std::thread::sleep(Duration::from_micros(300));
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
+#[test]
+fn tls_records_arriving_a_few_bytes_at_a_time_are_put_together() {
+    // The server keeps only a partial record's bytes between reads: the handshake and
+    // messages must come through whole however the records are cut.
+    let (tls, trusted) = localhost();
+    let app = Echo::default();
+    let seen = app.seen.clone();
+    let server = start(Config::default().tls(tls), app);
+
+    let sock = std::net::TcpStream::connect(server.addr).unwrap();
+    sock.set_nodelay(true).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let stream = tls::connect_over(Trickle(sock), "localhost", &trusted);
+    let url = format!("wss://localhost:{}/ws", server.addr.port());
+    let (mut ws, response) = tungstenite::client::client(url, stream).expect("wss handshake");
+    assert_eq!(response.status(), 101);
+    echo_round(&mut ws, "small");
+    echo_round(&mut ws, &"y".repeat(3000));
+    echo_round(&mut ws, "after");
+    assert_eq!(
+        seen.lock().unwrap().as_slice(),
+        &[(true, Some("localhost".into()))]
     );
 }
 

@@ -32,6 +32,20 @@ pub fn localhost() -> (TlsConfig, CertificateDer<'static>) {
 pub type TlsStream = StreamOwned<ClientConnection, TcpStream>;
 
 pub fn connect(addr: SocketAddr, name: &str, trusted: &CertificateDer<'static>) -> TlsStream {
+    let sock = TcpStream::connect(addr).expect("connect");
+    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    sock.set_write_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    connect_over(sock, name, trusted)
+}
+
+/// A TLS client over `sock` (any byte stream) that trusts only `trusted` and asks for
+/// `name` (SNI).
+pub fn connect_over<S: std::io::Read + std::io::Write>(
+    sock: S,
+    name: &str,
+    trusted: &CertificateDer<'static>,
+) -> StreamOwned<ClientConnection, S> {
     let mut roots = RootCertStore::empty();
     roots.add(trusted.clone()).expect("trust anchor");
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -46,10 +60,6 @@ pub fn connect(addr: SocketAddr, name: &str, trusted: &CertificateDer<'static>) 
         ServerName::try_from(name.to_owned()).expect("server name"),
     )
     .expect("client connection");
-    let sock = TcpStream::connect(addr).expect("connect");
-    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    sock.set_write_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
     StreamOwned::new(conn, sock)
 }
 
