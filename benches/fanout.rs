@@ -14,6 +14,9 @@
 //! cargo bench --bench fanout -- --workloads rooms # only some of fanout,rate,rooms
 //! cargo bench --bench fanout -- --repeats 1       # one run per cell instead of 3
 //! cargo bench --bench fanout -- --n 1000          # only the cells with N=1000
+//! cargo bench --bench fanout -- --threads 1,2     # wshub with 1 and with 2 event loops
+//! cargo bench --bench fanout -- --threads 1,2 --placement same,spread
+//! cargo bench --bench fanout -- --help            # every option
 //! ```
 //!
 //! Only a complete full run (`cargo bench`, every server and cell) rewrites
@@ -31,6 +34,34 @@
 //! checks that it gets every message meant for it exactly once and in order
 //! per sender, and nothing else; any loss, duplicate, reordering or stray
 //! delivery fails the run (exit code 1).
+//!
+//! Threads: `--threads 1,2` runs the wshub server (the `broadcast` example with
+//! `--threads N`, a `Cluster` of N loops on one port) with each number of event loops;
+//! the floor, tokio and wshub-filter always have one thread (`broadcast_to`, the filter
+//! walk, reaches only its own loop's connections, so rooms spanning loops need topics).
+//! The machine is expected to have two CPUs, one for the server and one for the load
+//! generator (which busy-polls, so it uses all of its CPU), so where a server with several
+//! loops may run is chosen explicitly with `--placement` (several loops only; one loop
+//! always runs on CPU 0). Quick mode runs wshub with 1 and 2 loops (`same`), so the checks
+//! of every delivery cover frames crossing between loops (some 3 s more):
+//!
+//! - `same` (the default): every loop on CPU 0, the one CPU a single loop has, and the load
+//!   generator alone on CPU 1. Same CPU budget as one loop, so server CPU per delivery
+//!   against one loop is the cost of the loops handing frames to each other (crossing).
+//! - `spread`: the server may run on CPUs 0 and 1 (`taskset -c 0,1`; the scheduler places
+//!   the loops), the load generator stays on CPU 1 and shares it. Deliveries/s against one
+//!   loop show what a second CPU gives, with the load generator as a competitor for it.
+//!
+//! With several loops the bench also asks the server for each loop's open connections
+//! after connecting (SIGUSR1 to the example, which logs them) to show how evenly the
+//! kernel's `SO_REUSEPORT` hash spread them, and it reads each loop thread's CPU time
+//! (/proc/PID/task/TID/schedstat) and the server's writev calls (/proc/PID/io: deliveries
+//! per write, how well frames are batched) over every run. The report gets a `threads`
+//! column, a table of several loops against one (with the CPU split between the loops and
+//! the deliveries per write), the connection balance, and two targets: several loops on
+//! CPU 0 cost ≤ 1.1× one loop's server CPU per delivery in the fan-out cells at N=1,000
+//! and 10,000, and ≤ 1.2× in the rooms workload (whose rooms have members on every loop,
+//! so most publishes cross).
 //!
 //! Layout: `loadgen` (the mio client pool), `wire` (frame format), `rooms`
 //! (the room query parameter), `floor` and `baseline` (the comparison
@@ -58,7 +89,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use loadgen::{ClientPool, MessagePlan, Pacing};
-use report::{Cell, Mode, RunResult};
+use report::{Cell, Mode, Placement, RunResult, Setup};
 use server::{Launcher, ServerKind, ServerProcess};
 use sys::Clock;
 
@@ -129,9 +160,35 @@ const QUICK_RATE: RateRun = RateRun {
 /// quick mode, which checks correctness only and must stay short.
 const NOISY_RETRIES: usize = 3;
 const QUIET_WAIT: Duration = Duration::from_secs(20);
-/// CPUs for the server and the load generator.
+/// CPUs for the server and the load generator. A server with several loops placed
+/// `spread` may use both (`SPREAD_CPUS`); the report's labels name them so.
 const SERVER_CPU: usize = 0;
 const LOADGEN_CPU: usize = 1;
+const SPREAD_CPUS: &str = "0,1";
+
+const USAGE: &str = "usage: cargo bench --bench fanout [-- OPTIONS]
+Broadcast fan-out: wshub's broadcast example against a minimal mio server (the floor) and
+tokio-tungstenite; every delivery is checked (no loss, duplicate or reordering). Server on
+CPU 0, load generator on CPU 1 (taskset). Without options: every server and cell, 3
+repeats, which rewrites BENCHMARKS.md and benches/fanout.svg; any other run writes
+<target>/bench-partial.md (quick mode: <target>/bench-quick.md).
+  --quick             correctness only, small cells (also WSHUB_BENCH_QUICK=1, and what
+                      cargo test runs)
+  --servers LIST      some of floor,wshub,wshub-filter,tokio (default: all)
+  --floor-only, --tokio-only, --wshub-only, --no-wshub
+                      shorthands for --servers
+  --workloads LIST    some of fanout,rate,rooms (default: all)
+  --n LIST            only the cells with these N (the grid has 100,1000,10000)
+  --repeats R         runs of every cell, 1 to 9 (default 3; quick mode 1)
+  --threads LIST      event loops of the wshub server (broadcast --threads N), such as
+                      1,2 (default 1; quick mode 1,2); the floor, tokio and
+                      wshub-filter always run one thread (broadcast_to reaches its own
+                      loop only)
+  --placement LIST    where a wshub server with several loops runs: same (all loops on
+                      CPU 0, like one loop: the cost of crossing between loops) and/or
+                      spread (CPUs 0 and 1, shared with the load generator on CPU 1:
+                      scaling); default same. One loop always runs on CPU 0.
+  -h, --help          this text";
 
 /// A fixed-rate run: messages per second over all senders, and duration.
 struct RateRun {
@@ -192,6 +249,10 @@ fn main() {
             return;
         }
     }
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        println!("{USAGE}");
+        return;
+    }
     let options = match Options::parse(&args) {
         Ok(options) => options,
         Err(e) => {
@@ -219,6 +280,10 @@ struct Options {
     repeats: usize,
     /// `--n 100,1000`: run only the cells with these N (for investigating).
     only_n: Option<Vec<usize>>,
+    /// `--threads`: the wshub servers' numbers of loops, ascending.
+    threads: Vec<usize>,
+    /// `--placement`: where a wshub server with several loops runs.
+    placements: Vec<Placement>,
     /// The arguments as given, for the report's command line.
     args: Vec<String>,
 }
@@ -254,6 +319,33 @@ impl Options {
                     .collect::<Result<Vec<usize>, String>>()
             })
             .transpose()?;
+        let mut threads = match value_of("--threads")? {
+            Some(v) => v
+                .split(',')
+                .map(|t| match t.trim().parse::<usize>() {
+                    Ok(t @ 1..=64) => Ok(t),
+                    _ => Err(format!("--threads {v}: 1 to 64 loops each, not {t:?}")),
+                })
+                .collect::<Result<Vec<usize>, String>>()?,
+            // Quick mode checks the deliveries across two loops too (some 3 s more).
+            None if quick => vec![1, 2],
+            None => vec![1],
+        };
+        threads.sort_unstable();
+        threads.dedup();
+        let mut placements = match value_of("--placement")? {
+            Some(v) => v
+                .split(',')
+                .map(|p| match p.trim() {
+                    "same" => Ok(Placement::Cpu0),
+                    "spread" => Ok(Placement::Spread),
+                    _ => Err(format!("--placement {v}: same or spread, not {p:?}")),
+                })
+                .collect::<Result<Vec<Placement>, String>>()?,
+            None => vec![Placement::Cpu0],
+        };
+        placements.sort_unstable();
+        placements.dedup();
         let servers = if let Some(list) = value_of("--servers")? {
             list.split(',')
                 .map(|name| {
@@ -295,14 +387,18 @@ impl Options {
             workloads,
             repeats,
             only_n,
+            threads,
+            placements,
             args: args.iter().filter(|a| *a != "--bench").cloned().collect(),
         })
     }
 
-    /// Whether this run measures everything the committed report shows.
+    /// Whether this run measures everything the committed report shows (one loop
+    /// included: the comparison with the floor and tokio is made with one).
     fn complete(&self) -> bool {
         !self.quick
             && self.only_n.is_none()
+            && self.threads.contains(&1)
             && self.servers.len() == ServerKind::ALL.len()
             && Workload::ALL.iter().all(|w| self.workloads.contains(w))
     }
@@ -423,10 +519,13 @@ fn run(options: &Options) -> Result<(), String> {
         log_dir,
     };
     let pinned = launcher.pin_prefix.is_some() && sys::pin_self_to_cpu(LOADGEN_CPU).is_ok();
+    let spread_pin = server::pin_prefix_list(SPREAD_CPUS, cores);
+    let setups = setups(options, launcher.pin_prefix.is_some(), spread_pin.is_some());
     let servers: Vec<&str> = options.servers.iter().map(|k| k.name()).collect();
+    let setup_labels: Vec<String> = setups.iter().map(Setup::label).collect();
     eprintln!(
-        "fanout bench: {} mode{}, servers {}, {} repeat(s), {cores} CPUs ({cpu_model}), \
-         RLIMIT_NOFILE {nofile}, {}",
+        "fanout bench: {} mode{}, servers {}, wshub threads {}, {} repeat(s), {cores} CPUs \
+         ({cpu_model}), RLIMIT_NOFILE {nofile}, {}",
         if options.quick { "quick" } else { "full" },
         if options.bench {
             ""
@@ -434,6 +533,7 @@ fn run(options: &Options) -> Result<(), String> {
             " (no --bench argument: run by cargo test)"
         },
         servers.join(", "),
+        setup_labels.join(", "),
         options.repeats,
         if pinned {
             format!("server on CPU {SERVER_CPU}, load generator on CPU {LOADGEN_CPU}")
@@ -452,6 +552,7 @@ fn run(options: &Options) -> Result<(), String> {
 
     let env = SessionEnv {
         launcher,
+        spread_pin,
         clock: Clock::new(),
         run_timeout: if options.quick {
             QUICK_RUN_TIMEOUT
@@ -469,19 +570,25 @@ fn run(options: &Options) -> Result<(), String> {
                 .filter(|c| c.n == n && c.rooms == rooms)
                 .copied()
                 .collect();
-            // Rotate which server goes first, to spread slow drifts evenly.
-            let mut order: Vec<ServerKind> = options
-                .servers
-                .iter()
-                .copied()
-                .filter(|k| k.runs(rooms.is_some()))
-                .collect();
+            // Every server once, the wshub ones in each setup; rotate which goes first,
+            // to spread slow drifts evenly.
+            let mut order: Vec<(ServerKind, Setup)> = Vec::new();
+            for kind in options.servers.iter().copied() {
+                if !kind.runs(rooms.is_some()) {
+                    continue;
+                }
+                if kind == ServerKind::Wshub {
+                    order.extend(setups.iter().map(|&setup| (kind, setup)));
+                } else {
+                    order.push((kind, setups_single(&setups)));
+                }
+            }
             if !order.is_empty() {
                 let first = repeat % order.len();
                 order.rotate_left(first);
             }
-            for &kind in &order {
-                results.extend(run_session(&env, kind, &session_cells, repeat)?);
+            for &(kind, setup) in &order {
+                results.extend(run_session(&env, kind, setup, &session_cells, repeat)?);
             }
         }
     }
@@ -490,6 +597,12 @@ fn run(options: &Options) -> Result<(), String> {
 
     let rows = report::rows(&cells, &results);
     let table = report::markdown_tables(&rows);
+    let threads = report::threads_markdown(&rows, &results);
+    let table = if threads.is_empty() {
+        table
+    } else {
+        format!("{table}\n{threads}")
+    };
     println!("\n{table}");
     eprintln!(
         "all {} runs delivered every message exactly once, in order ({:.1} s)",
@@ -502,6 +615,7 @@ fn run(options: &Options) -> Result<(), String> {
         cores,
         cpu_model,
         pinned,
+        several_loops: setups.iter().any(|s| s.threads > 1),
         repeats: options.repeats,
         commit: sys::git_commit(manifest_dir),
         date: sys::utc_now_string(),
@@ -539,9 +653,47 @@ fn run(options: &Options) -> Result<(), String> {
     Ok(())
 }
 
+/// The setups of the wshub server: `--threads` × `--placement` (one loop: on CPU 0
+/// only), each once; all unpinned when the server cannot be pinned.
+fn setups(options: &Options, pinned: bool, can_spread: bool) -> Vec<Setup> {
+    let mut setups = Vec::new();
+    for &threads in &options.threads {
+        for &placement in &options.placements {
+            let placement = match placement {
+                _ if !pinned => Placement::Unpinned,
+                _ if threads == 1 => Placement::Cpu0,
+                Placement::Spread if !can_spread => {
+                    eprintln!("cannot run a server on CPUs {SPREAD_CPUS}: no spread placement");
+                    Placement::Cpu0
+                }
+                placement => placement,
+            };
+            let setup = Setup { threads, placement };
+            if !setups.contains(&setup) {
+                setups.push(setup);
+            }
+        }
+    }
+    setups
+}
+
+/// The setup of the one-thread servers (the floor, tokio and wshub-filter): one loop's.
+fn setups_single(setups: &[Setup]) -> Setup {
+    let placement = match setups.first().map(|s| s.placement) {
+        Some(Placement::Unpinned) => Placement::Unpinned,
+        _ => Placement::Cpu0,
+    };
+    Setup {
+        threads: 1,
+        placement,
+    }
+}
+
 /// What every session needs besides its own parameters.
 struct SessionEnv {
     launcher: Launcher,
+    /// `taskset -c 0,1` for the spread placement, if possible.
+    spread_pin: Option<Vec<String>>,
     clock: Clock,
     run_timeout: Duration,
     /// How often a disturbed run is repeated (0 in quick mode).
@@ -553,6 +705,7 @@ struct SessionEnv {
 fn run_session(
     env: &SessionEnv,
     kind: ServerKind,
+    setup: Setup,
     cells: &[Cell],
     repeat: usize,
 ) -> Result<Vec<RunResult>, String> {
@@ -561,14 +714,31 @@ fn run_session(
     };
     let (n, rooms) = (first.n, first.rooms);
     let rooms_tag = rooms.map_or(String::new(), |r| format!(" rooms={r}"));
-    let context = |what: &str| format!("[{kind} N={n}{rooms_tag} repeat {}] {what}", repeat + 1);
+    let context = |what: &str| {
+        format!(
+            "[{kind} threads {} N={n}{rooms_tag} repeat {}] {what}",
+            setup.label(),
+            repeat + 1
+        )
+    };
     let log_tag = format!(
-        "n{n}{}-r{}",
+        "n{n}{}-t{}{}-r{}",
         rooms.map_or(String::new(), |r| format!("-rooms{r}")),
+        setup.threads,
+        if setup.placement == Placement::Spread {
+            "-spread"
+        } else {
+            ""
+        },
         repeat + 1
     );
-    let mut server =
-        ServerProcess::start(kind, &env.launcher, &log_tag).map_err(|e| context(&e))?;
+    let pin = match setup.placement {
+        Placement::Cpu0 => env.launcher.pin_prefix.as_deref(),
+        Placement::Spread => env.spread_pin.as_deref(),
+        Placement::Unpinned => None,
+    };
+    let mut server = ServerProcess::start_with(kind, &env.launcher, &log_tag, setup.threads, pin)
+        .map_err(|e| context(&e))?;
     let rss_before = server.rss_bytes()?;
     let (mut pool, connect) =
         match ClientPool::connect(server.addr, n, rooms, CONNECT_CONCURRENCY, CONNECT_TIMEOUT) {
@@ -578,6 +748,20 @@ fn run_session(
     std::thread::sleep(SETTLE);
     let rss_after = server.rss_bytes()?;
     let rss_per_conn = (rss_after as f64 - rss_before as f64) / pool.len() as f64;
+    // How the kernel spread the connections over the loops.
+    let loop_conns = if setup.threads > 1 {
+        let counts = server.loop_connections().map_err(|e| context(&e))?;
+        let total: usize = counts.iter().sum();
+        if total != n {
+            eprintln!(
+                "{}",
+                context(&format!("the loops report {total} open connections"))
+            );
+        }
+        counts
+    } else {
+        Vec::new()
+    };
 
     let mut results = Vec::new();
     for cell in cells {
@@ -591,8 +775,31 @@ fn run_session(
             timeout: env.run_timeout,
         };
         let mut attempt = 0;
-        let stats = loop {
-            let outcome = pool.run_messages(&plan, &env.clock, &mut || server.cpu_time());
+        let (stats, loop_cpu, writes) = loop {
+            // wshub: each loop's CPU time and the server's write calls, read with the
+            // server's CPU time at the start and the end. (wshub writes with writev, which
+            // /proc/PID/io counts; the floor's and tokio's `send` calls it does not.)
+            let mut loop_times: Vec<Vec<Duration>> = Vec::new();
+            let mut write_calls: Vec<Option<u64>> = Vec::new();
+            let outcome = pool.run_messages(&plan, &env.clock, &mut || {
+                if kind.is_wshub() {
+                    loop_times.push(server.loop_cpu_times().unwrap_or_default());
+                    write_calls.push(server.write_syscalls());
+                }
+                server.cpu_time()
+            });
+            let writes = match write_calls[..] {
+                [Some(before), Some(after)] => Some(after.saturating_sub(before)),
+                _ => None,
+            };
+            let loop_cpu: Vec<Duration> = match &loop_times[..] {
+                [before, after] if before.len() == after.len() => after
+                    .iter()
+                    .zip(before)
+                    .map(|(a, b)| a.saturating_sub(*b))
+                    .collect(),
+                _ => Vec::new(),
+            };
             let stats = match outcome {
                 Ok(stats) => stats,
                 Err(e) => {
@@ -604,7 +811,7 @@ fn run_session(
             let noise = sys::proc_stat_share(stats.foreign_cpu, stats.wall).unwrap_or(0.0);
             // Quick mode checks correctness only: a disturbed run is as good as any.
             if noise <= report::NOISY_SHARE || attempt == env.noisy_retries {
-                break stats;
+                break (stats, loop_cpu, writes);
             }
             attempt += 1;
             eprintln!(
@@ -627,6 +834,8 @@ fn run_session(
         let hist = &stats.latency_ns;
         let result = RunResult {
             server: kind,
+            setup,
+            repeat,
             cell: *cell,
             deliveries: stats.deliveries,
             wall: stats.wall,
@@ -642,6 +851,9 @@ fn run_session(
             connect_loadgen_busy: connect.loadgen_busy,
             connect_listen_overflows: connect.listen_overflows,
             max_send_lag: stats.max_send_lag,
+            loop_conns: loop_conns.clone(),
+            loop_cpu,
+            server_writes: writes,
         };
         eprintln!("{}", result.summary_line());
         results.push(result);
@@ -653,14 +865,21 @@ fn run_session(
     Ok(results)
 }
 
-/// Adds whether the server is still running (and its log) to an error.
+/// Adds whether the server is still running (and its log) to an error. A wshub server
+/// logs its counters first (SIGUSR1: frames dropped, inboxes full).
 fn with_server_state(error: String, server: &mut ServerProcess) -> String {
+    let counters = server.kind.is_wshub() && server.loop_connections().is_ok();
     match server.check_alive() {
         Ok(()) => format!(
-            "{error}\n(the {} server, pid {}, was still running; its log: {})",
+            "{error}\n(the {} server, pid {}, was still running; its log: {}){}",
             server.kind,
             server.pid(),
-            server.log_path.display()
+            server.log_path.display(),
+            if counters {
+                server.log_tail()
+            } else {
+                String::new()
+            }
         ),
         Err(exited) => format!("{error}\n{exited}"),
     }
@@ -689,6 +908,8 @@ struct ReportFacts {
     cores: usize,
     cpu_model: String,
     pinned: bool,
+    /// Whether wshub ran with several loops too.
+    several_loops: bool,
     repeats: usize,
     commit: String,
     date: String,
@@ -727,10 +948,14 @@ fn machine_line(f: &ReportFacts) -> String {
         "{} logical CPUs, {}; {}",
         f.cores,
         f.cpu_model,
-        if f.pinned {
-            "server pinned to CPU 0 (taskset), load generator to CPU 1"
-        } else {
-            "processes not pinned"
+        match (f.pinned, f.several_loops) {
+            (true, false) => "server pinned to CPU 0 (taskset), load generator to CPU 1",
+            (true, true) => {
+                "server pinned to CPU 0 (taskset), load generator to CPU 1; a wshub server \
+                 with several loops runs either all of them on CPU 0 (threads \"N (CPU 0)\") \
+                 or on CPUs 0 and 1, sharing CPU 1 with the load generator (\"N (CPUs 0+1)\")"
+            }
+            (false, _) => "processes not pinned",
         }
     )
 }
@@ -750,6 +975,30 @@ fn quick_markdown(f: &ReportFacts, table: &str) -> String {
         f.noise
     )
 }
+
+/// The report's section on wshub with several loops, when it ran so.
+const SEVERAL_LOOPS_TEXT: &str = "## Several loops\n\n\
+    wshub also ran as a `Cluster` of several loops (`broadcast --threads N`, one thread \
+    per loop, every loop listening on the port with `SO_REUSEPORT`). The machine has two \
+    CPUs, one for the server and one for the load generator (which busy-polls: all of \
+    its CPU), so the placement is explicit:\n\n\
+    - **N (CPU 0)**: every loop pinned to CPU 0, the one CPU a single loop has, and the load \
+    generator alone on CPU 1. The same CPU budget as one loop: server CPU per delivery \
+    against one loop is what crossing between loops costs (target ≤ 1.1× in the fan-out \
+    cells at N=1,000 and 10,000). In the rooms workload a room's 10 members are spread \
+    over the loops by the kernel, so most publishes cross (target ≤ 1.2×).\n\
+    - **N (CPUs 0+1)**: the server may run on both CPUs (`taskset -c 0,1`, the scheduler \
+    places the loops); the load generator stays pinned to CPU 1 and shares it with \
+    whatever loop runs there. Deliveries/s against one loop show what a second CPU gives \
+    here, with the load generator as its competitor: on a 2-CPU machine this is not a \
+    clean scaling measurement.\n\n\
+    With several loops the example's inboxes hold 65,536 commands (`Config::handle_capacity`; \
+    the default 4,096 dropped cross-loop publishes of the rooms workload, up to 32,000 \
+    messages in flight, when other processes slowed a loop). After connecting, the bench \
+    asks the server for each loop's open connections (SIGUSR1), to show how evenly the \
+    kernel's hash spread them, and it reads each loop thread's CPU time \
+    (/proc/PID/task/TID/schedstat) and the server's writev calls (/proc/PID/io) over \
+    every run.\n\n";
 
 fn full_markdown(f: &ReportFacts, table: &str, targets: &str, svg_link: &str) -> String {
     let windows: Vec<String> = WINDOWS.iter().map(|w| w.to_string()).collect();
@@ -804,8 +1053,9 @@ fn full_markdown(f: &ReportFacts, table: &str, targets: &str, svg_link: &str) ->
          per event-loop turn every message is copied, encoded once, into one contiguous \
          buffer per recipient, and each recipient's buffer is written with one write at the \
          end of the turn. What wshub costs above it is overhead.\n\
-         - **wshub**: `target/release/examples/broadcast` of this crate (single-threaded, \
-         mio); rooms are topics (`?room=NAME` subscribes, messages are published to it).\n\
+         - **wshub**: `target/release/examples/broadcast` of this crate (one mio loop; \
+         with several, `--threads N`: a `Cluster` of N loops, see the `threads` column); \
+         rooms are topics (`?room=NAME` subscribes, messages are published to it).\n\
          - **wshub-filter**: the same example with `--filter`: rooms by \
          `broadcast_to(filter)`, a walk over all connections per message (rooms workload \
          only).\n\
@@ -830,7 +1080,10 @@ fn full_markdown(f: &ReportFacts, table: &str, targets: &str, svg_link: &str) ->
          - connect N: time to open N connections and finish all handshakes.\n\
          - server CPU / loadgen busy: the server's CPU time over the wall time, and the share \
          of the wall time the load generator spent outside empty polls; whichever is near \
-         100% was the bottleneck.\n\n\
+         100% was the bottleneck.\n\
+         - threads: wshub's event loops and the CPUs they may run on. The floor, tokio and \
+         wshub-filter always run one thread on CPU 0; in the rows of wshub with several \
+         loops their figures are repeated, for the ratios.\n\n{several}\
          ## Results\n\n{table}\n\
          ## Targets\n\n{targets}",
         date = f.date,
@@ -855,5 +1108,10 @@ fn full_markdown(f: &ReportFacts, table: &str, targets: &str, svg_link: &str) ->
         rooms_window = FULL_ROOMS.per_sender as usize * FULL_ROOMS.rooms,
         concurrency = CONNECT_CONCURRENCY,
         settle = SETTLE.as_millis(),
+        several = if f.several_loops {
+            SEVERAL_LOOPS_TEXT
+        } else {
+            ""
+        },
     )
 }

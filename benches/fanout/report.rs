@@ -82,10 +82,45 @@ impl Cell {
     }
 }
 
+/// Where a server's threads may run (`taskset`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Placement {
+    /// All on CPU 0; the load generator has CPU 1 to itself.
+    Cpu0,
+    /// On CPUs 0 and 1, as the scheduler sees fit; the load generator, pinned to CPU 1,
+    /// shares it.
+    Spread,
+    /// Not pinned (a machine with one CPU, or no taskset).
+    Unpinned,
+}
+
+/// How a server runs: its event loops (threads) and where they may run. The floor and
+/// tokio always run one thread, placed like a wshub server with one loop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Setup {
+    pub threads: usize,
+    pub placement: Placement,
+}
+
+impl Setup {
+    /// The text of the `threads` column.
+    pub fn label(&self) -> String {
+        match self.placement {
+            Placement::Cpu0 => format!("{} (CPU 0)", self.threads),
+            Placement::Spread => format!("{} (CPUs 0+1)", self.threads),
+            Placement::Unpinned => self.threads.to_string(),
+        }
+    }
+}
+
 /// Measurements of one run of one cell against one server.
 #[derive(Clone, Debug)]
 pub struct RunResult {
     pub server: ServerKind,
+    pub setup: Setup,
+    /// Which repeat of the grid (0-based): with the server, N, rooms and setup it names
+    /// the session (server process) the run was part of.
+    pub repeat: usize,
     pub cell: Cell,
     pub deliveries: u64,
     pub wall: Duration,
@@ -105,11 +140,26 @@ pub struct RunResult {
     pub connect_loadgen_busy: Duration,
     pub connect_listen_overflows: u64,
     pub max_send_lag: Duration,
+    /// Open connections on each of the server's loops after connecting (wshub with
+    /// several loops; empty otherwise).
+    pub loop_conns: Vec<usize>,
+    /// CPU time of each of the server's loops over the run (wshub; empty otherwise).
+    pub loop_cpu: Vec<Duration>,
+    /// Write-type system calls of the server over the run (wshub, whose writev calls
+    /// /proc/PID/io counts; None otherwise).
+    pub server_writes: Option<u64>,
 }
 
 impl RunResult {
     pub fn deliveries_per_sec(&self) -> f64 {
         self.deliveries as f64 / self.wall.as_secs_f64().max(1e-9)
+    }
+
+    /// Deliveries per write call of the server: how many frames it batches into one
+    /// write (NaN if not measured).
+    pub fn deliveries_per_write(&self) -> f64 {
+        self.server_writes
+            .map_or(f64::NAN, |w| self.deliveries as f64 / w.max(1) as f64)
     }
 
     pub fn cpu_us_per_delivery(&self) -> f64 {
@@ -136,10 +186,11 @@ impl RunResult {
     /// One line for the progress log.
     pub fn summary_line(&self) -> String {
         format!(
-            "{:<12} {}: {}/s, server {:.3} µs CPU/delivery, latency p50 {} p99 {} max {}, \
-             server CPU {:.0}%, loadgen CPU {:.0}% busy {:.0}%, RSS/conn {}, connect {} \
-             (loadgen busy {:.0}%, {} listen-queue overflows), other processes {} CPU{}",
+            "{:<12} threads {} {}: {}/s, server {:.3} µs CPU/delivery, latency p50 {} p99 {} \
+             max {}, server CPU {:.0}%, loadgen CPU {:.0}% busy {:.0}%, RSS/conn {}, connect {} \
+             (loadgen busy {:.0}%, {} listen-queue overflows), other processes {} CPU{}{}{}",
             self.server.name(),
+            self.setup.label(),
             self.cell.describe(),
             si(self.deliveries_per_sec()),
             self.cpu_us_per_delivery(),
@@ -156,13 +207,52 @@ impl RunResult {
             self.connect_listen_overflows,
             self.foreign_cpu_share()
                 .map_or("n/a".to_string(), |s| format!("{:.0}%", s * 100.0)),
+            if self.server_writes.is_some() {
+                format!(", {:.1} deliveries/write", self.deliveries_per_write())
+            } else {
+                String::new()
+            },
             match self.cell.mode {
                 Mode::Rate { .. } =>
                     format!(", max send lag {}", millis(self.max_send_lag.as_secs_f64())),
                 Mode::Fast { .. } => String::new(),
+            },
+            if self.loop_cpu.len() > 1 {
+                format!(
+                    ", connections per loop {}, CPU per loop {}",
+                    join(&self.loop_conns, " / "),
+                    shares_text(&self.loop_cpu_shares())
+                )
+            } else {
+                String::new()
             }
         )
     }
+
+    /// Each loop's share of the CPU time of all loops over the run.
+    pub fn loop_cpu_shares(&self) -> Vec<f64> {
+        shares(self.loop_cpu.iter().map(Duration::as_secs_f64))
+    }
+}
+
+/// Each value's share of their sum.
+fn shares(values: impl Iterator<Item = f64> + Clone) -> Vec<f64> {
+    let total: f64 = values.clone().sum();
+    values.map(|v| v / total.max(1e-12)).collect()
+}
+
+/// Shares as whole percentages: "51% / 49%".
+fn shares_text(shares: &[f64]) -> String {
+    let text: Vec<String> = shares
+        .iter()
+        .map(|s| format!("{:.0}%", s * 100.0))
+        .collect();
+    text.join(" / ")
+}
+
+fn join<T: ToString>(values: &[T], sep: &str) -> String {
+    let text: Vec<String> = values.iter().map(T::to_string).collect();
+    text.join(sep)
 }
 
 /// A run during which other processes used more than this share of a CPU
@@ -181,6 +271,8 @@ pub struct Summary {
     pub connect_secs: f64,
     pub server_cpu_share: f64,
     pub loadgen_busy_share: f64,
+    /// NaN if not measured.
+    pub deliveries_per_write: f64,
 }
 
 impl Summary {
@@ -210,6 +302,7 @@ impl Summary {
             connect_secs: med_all(&|r| r.connect_time.as_secs_f64()),
             server_cpu_share: med(&|r| r.server_cpu_share()),
             loadgen_busy_share: med(&|r| r.loadgen_busy_share()),
+            deliveries_per_write: med(&|r| r.deliveries_per_write()),
         })
     }
 }
@@ -224,9 +317,12 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-/// A row of the tables: one cell, the medians of every server that ran it.
+/// A row of the tables: one cell and one setup of the wshub servers, the medians of every
+/// server that ran it. The floor and tokio have one thread: in a row of wshub with several
+/// loops their figures are those of their one setup, for the ratios.
 pub struct Row {
     pub cell: Cell,
+    pub setup: Setup,
     pub summaries: Vec<(ServerKind, Summary)>,
 }
 
@@ -245,23 +341,40 @@ impl Row {
     }
 }
 
+/// A row per cell and setup: the one-thread setup first, then the others of the run.
 pub fn rows(cells: &[Cell], results: &[RunResult]) -> Vec<Row> {
-    cells
-        .iter()
-        .map(|cell| Row {
-            cell: *cell,
-            summaries: ServerKind::ALL
+    let mut setups: Vec<Setup> = Vec::new();
+    for r in results {
+        if !setups.contains(&r.setup) {
+            setups.push(r.setup);
+        }
+    }
+    setups.sort();
+    let mut rows = Vec::new();
+    for cell in cells {
+        for &setup in &setups {
+            let summaries: Vec<(ServerKind, Summary)> = ServerKind::ALL
                 .into_iter()
                 .filter_map(|kind| {
                     let runs: Vec<&RunResult> = results
                         .iter()
                         .filter(|r| r.server == kind && r.cell == *cell)
+                        .filter(|r| r.setup == setup || (!kind.is_wshub() && r.setup.threads == 1))
                         .collect();
                     Some((kind, Summary::of(&runs)?))
                 })
-                .collect(),
-        })
-        .collect()
+                .collect();
+            let wshub = summaries.iter().any(|(kind, _)| kind.is_wshub());
+            if (setup.threads == 1 && !summaries.is_empty()) || wshub {
+                rows.push(Row {
+                    cell: *cell,
+                    setup,
+                    summaries,
+                });
+            }
+        }
+    }
+    rows
 }
 
 /// A figure of the tables: how to read it from a summary and print it.
@@ -359,7 +472,7 @@ fn figure_table(
         }
     }
     let mut t = String::new();
-    table_header(&mut t, &headers, &|h| h == "mode");
+    table_header(&mut t, &headers, &|h| h == "mode" || h == "threads");
     for row in rows {
         let mut cells = lead_of(row);
         for &kind in &servers {
@@ -385,10 +498,11 @@ fn cell_lead(row: &Row) -> Vec<String> {
         row.cell.k.to_string(),
         row.cell.m.to_string(),
         row.cell.mode.label(),
+        row.setup.label(),
     ]
 }
 
-const CELL_LEAD: [&str; 4] = ["N", "K", "M", "mode"];
+const CELL_LEAD: [&str; 5] = ["N", "K", "M", "mode", "threads"];
 
 /// Latency and load of every server, a row per cell.
 fn detail_table(rows: &[&Row]) -> String {
@@ -417,11 +531,14 @@ fn detail_table(rows: &[&Row]) -> String {
     t
 }
 
-/// The rooms workload: a row per server, a column per figure.
-fn rooms_table(row: &Row) -> String {
-    let servers: Vec<ServerKind> = row.summaries.iter().map(|(k, _)| *k).collect();
+/// The rooms workload of one cell: a row per server and setup, a column per figure.
+/// `rows` are the cell's rows, the one-thread setup first.
+fn rooms_table(rows: &[&Row]) -> String {
+    let Some(single) = rows.iter().find(|r| r.setup.threads == 1).or(rows.first()) else {
+        return String::new();
+    };
     let bases = [ServerKind::Floor, ServerKind::Baseline];
-    let mut headers = vec!["server".to_string()];
+    let mut headers = vec!["server".to_string(), "threads".to_string()];
     for fig in [RATE, CPU, RSS] {
         headers.push(fig.title.to_string());
         headers.extend(bases.iter().map(|b| format!("/ {b}")));
@@ -433,14 +550,23 @@ fn rooms_table(row: &Row) -> String {
     ]);
     let mut t = String::new();
     table_header(&mut t, &headers, &|h| {
-        h == "server" || h.starts_with("latency") || h.starts_with("server CPU /")
+        h == "server" || h == "threads" || h.starts_with("latency") || h.starts_with("server CPU /")
     });
-    for (kind, s) in &row.summaries {
-        let mut cells = vec![kind.to_string()];
+    // Each server in each of its setups: the floor and tokio once, in the one-thread row.
+    let mut lines: Vec<(&Row, ServerKind, Summary)> = Vec::new();
+    for kind in ServerKind::ALL {
+        for row in rows {
+            if kind.is_wshub() || row.setup == single.setup {
+                lines.extend(row.get(kind).map(|s| (*row, kind, s)));
+            }
+        }
+    }
+    for (row, kind, s) in &lines {
+        let mut cells = vec![kind.to_string(), row.setup.label()];
         for fig in [RATE, CPU, RSS] {
             cells.push((fig.fmt)((fig.value)(s)));
             for &base in &bases {
-                let ratio = (servers.contains(&base) && *kind != base)
+                let ratio = (*kind != base)
                     .then(|| row.ratio(*kind, base, fig.value))
                     .flatten();
                 cells.push(ratio.map_or("–".into(), ratio_text));
@@ -449,7 +575,7 @@ fn rooms_table(row: &Row) -> String {
         cells.extend([latencies(s), load(s), (CONNECT.fmt)(s.connect_secs)]);
         let _ = writeln!(t, "| {} |", cells.join(" | "));
     }
-    if let Some(r) = row.ratio(ServerKind::WshubFilter, ServerKind::Wshub, CPU.value) {
+    if let Some(r) = single.ratio(ServerKind::WshubFilter, ServerKind::Wshub, CPU.value) {
         let _ = writeln!(
             t,
             "\nServer CPU per delivery, wshub-filter / wshub: {} (how many times cheaper \
@@ -472,22 +598,242 @@ pub fn markdown_tables(rows: &[Row]) -> String {
         t.push_str(&figure_table(&fanout, &CELL_LEAD, cell_lead, RATE));
         t.push_str("\n### Fan-out: latency, and who was busy\n\n");
         t.push_str(&detail_table(&fanout));
-        // Idle RSS and connect time are per session: one row per N.
+        // Idle RSS and connect time are per session: one row per N and setup.
         let mut per_n: Vec<&Row> = Vec::new();
         for row in &fanout {
-            if !per_n.iter().any(|r| r.cell.n == row.cell.n) {
+            if !per_n
+                .iter()
+                .any(|r| r.cell.n == row.cell.n && r.setup == row.setup)
+            {
                 per_n.push(row);
             }
         }
-        let n_lead: fn(&Row) -> Vec<String> = |r| vec![r.cell.n.to_string()];
+        let n_lead: fn(&Row) -> Vec<String> = |r| vec![r.cell.n.to_string(), r.setup.label()];
         t.push_str("\n### Fan-out: idle server memory per connection\n\n");
-        t.push_str(&figure_table(&per_n, &["N"], n_lead, RSS));
+        t.push_str(&figure_table(&per_n, &["N", "threads"], n_lead, RSS));
         t.push_str("\n### Fan-out: time to connect N clients\n\n");
-        t.push_str(&figure_table(&per_n, &["N"], n_lead, CONNECT));
+        t.push_str(&figure_table(&per_n, &["N", "threads"], n_lead, CONNECT));
     }
+    let mut rooms_cells: Vec<Cell> = Vec::new();
     for row in rows.iter().filter(|r| r.cell.rooms.is_some()) {
-        let _ = writeln!(t, "\n### Rooms: {}\n", row.cell.describe());
-        t.push_str(&rooms_table(row));
+        if !rooms_cells.contains(&row.cell) {
+            rooms_cells.push(row.cell);
+        }
+    }
+    for cell in rooms_cells {
+        let _ = writeln!(t, "\n### Rooms: {}\n", cell.describe());
+        let of_cell: Vec<&Row> = rows.iter().filter(|r| r.cell == cell).collect();
+        t.push_str(&rooms_table(&of_cell));
+    }
+    t
+}
+
+/// wshub's summaries in `setup` and with one thread, for the same cell.
+fn with_single(rows: &[Row], row: &Row, kind: ServerKind) -> Option<(Summary, Summary)> {
+    let single = rows
+        .iter()
+        .find(|r| r.cell == row.cell && r.setup.threads == 1)?;
+    Some((row.get(kind)?, single.get(kind)?))
+}
+
+/// wshub with several loops against one loop: a row per cell and setup (one loop included, as the reference), with the CPU split between the loops;
+/// then the connections each loop had after connecting. Empty when every server ran one
+/// loop.
+pub fn threads_markdown(rows: &[Row], results: &[RunResult]) -> String {
+    if rows.iter().all(|r| r.setup.threads == 1) {
+        return String::new();
+    }
+    let mut t = String::from(
+        "### Several loops: wshub `--threads` against one loop\n\n\
+         Ratios are to wshub with one loop in the same cell (lower CPU and higher \
+         deliveries/s are better). Deliveries / write: deliveries over the server's writev \
+         calls (/proc/PID/io syscw), how many frames a write carries on average. CPU per \
+         loop: each loop's share of the loops' CPU time over the run (median per \
+         loop).\n\n",
+    );
+    let headers: Vec<String> = [
+        "N",
+        "K",
+        "M",
+        "mode",
+        "threads",
+        "server CPU µs/delivery",
+        "/ 1 loop",
+        "deliveries/s",
+        "/ 1 loop",
+        "deliveries / write",
+        "server CPU / loadgen busy",
+        "CPU per loop",
+    ]
+    .map(String::from)
+    .to_vec();
+    table_header(&mut t, &headers, &|h| {
+        [
+            "mode",
+            "threads",
+            "server CPU / loadgen busy",
+            "CPU per loop",
+        ]
+        .contains(&h)
+    });
+    // Only the cells wshub ran with several loops.
+    let multi = |row: &Row| {
+        rows.iter()
+            .any(|r| r.cell == row.cell && r.setup.threads > 1)
+    };
+    for row in rows.iter().filter(|r| multi(r)) {
+        let Some((s, single)) = with_single(rows, row, ServerKind::Wshub) else {
+            continue;
+        };
+        let (cpu, rate) = if row.setup.threads == 1 {
+            ("–".to_string(), "–".to_string())
+        } else {
+            (
+                ratio_text(s.cpu_us_per_delivery / single.cpu_us_per_delivery),
+                ratio_text(s.deliveries_per_sec / single.deliveries_per_sec),
+            )
+        };
+        // Each loop's median share, over the runs that could read them all.
+        let splits: Vec<Vec<f64>> = results
+            .iter()
+            .filter(|r| r.server == ServerKind::Wshub && r.cell == row.cell)
+            .filter(|r| r.setup == row.setup && r.loop_cpu.len() == row.setup.threads)
+            .map(RunResult::loop_cpu_shares)
+            .collect();
+        let split = if row.setup.threads > 1 && !splits.is_empty() {
+            let medians: Vec<f64> = (0..row.setup.threads)
+                .map(|i| median(splits.iter().map(|split| split[i]).collect()))
+                .collect();
+            shares_text(&medians)
+        } else {
+            "–".to_string()
+        };
+        let mut cells = cell_lead(row);
+        cells.extend([
+            (CPU.fmt)(s.cpu_us_per_delivery),
+            cpu,
+            (RATE.fmt)(s.deliveries_per_sec),
+            rate,
+            if s.deliveries_per_write.is_finite() {
+                format!("{:.1}", s.deliveries_per_write)
+            } else {
+                "–".to_string()
+            },
+            load(&s),
+            split,
+        ]);
+        let _ = writeln!(t, "| {} |", cells.join(" | "));
+    }
+    // Scaling: what a second CPU gives, in the largest broadcast cells.
+    let spread: Vec<String> = rows
+        .iter()
+        .filter(|r| r.setup.placement == Placement::Spread && r.cell.rooms.is_none())
+        .filter(|r| r.cell.mode.is_fast())
+        .filter(|r| Some(r.cell.n) == rows.iter().map(|r| r.cell.n).max())
+        .filter_map(|r| {
+            let (s, single) = with_single(rows, r, ServerKind::Wshub)?;
+            Some(format!(
+                "K={} W={}: {}×",
+                r.cell.k,
+                r.cell.mode.window().unwrap_or(0),
+                ratio_text(s.deliveries_per_sec / single.deliveries_per_sec)
+            ))
+        })
+        .collect();
+    if !spread.is_empty() {
+        let _ = writeln!(
+            t,
+            "\nScaling, wshub deliveries/s on CPUs 0+1 (the load generator sharing CPU 1) / \
+             one loop on CPU 0, fan-out at the largest N: {}.",
+            spread.join(", ")
+        );
+    }
+    t.push_str(&balance_table(results));
+    t
+}
+
+/// How the kernel spread the connections over the loops: per session (server process)
+/// with several loops, the open connections of each loop once all N had connected.
+fn balance_table(results: &[RunResult]) -> String {
+    // One entry per session: its runs all carry the same counts.
+    let mut sessions: Vec<&RunResult> = Vec::new();
+    for r in results.iter().filter(|r| r.loop_conns.len() > 1) {
+        let same = |s: &&RunResult| {
+            s.server == r.server
+                && s.setup == r.setup
+                && s.repeat == r.repeat
+                && s.cell.n == r.cell.n
+                && s.cell.rooms == r.cell.rooms
+        };
+        if !sessions.iter().any(same) {
+            sessions.push(r);
+        }
+    }
+    if sessions.is_empty() {
+        return String::new();
+    }
+    let mut t = String::from(
+        "\n### Several loops: connections per loop (SO_REUSEPORT)\n\n\
+         The load generator opens the N connections in a burst (100 handshakes in flight); \
+         the kernel picks each one's loop by a hash of its addresses. Per session (server \
+         process): every loop's open connections once all N were open; then the smallest \
+         and largest share of N any loop had over these sessions.\n\n",
+    );
+    let headers: Vec<String> = [
+        "N",
+        "rooms",
+        "threads",
+        "sessions",
+        "connections per loop, per session",
+        "smallest share",
+        "largest share",
+    ]
+    .map(String::from)
+    .to_vec();
+    table_header(&mut t, &headers, &|h| {
+        ["rooms", "threads", "connections per loop, per session"].contains(&h)
+    });
+    let mut groups: Vec<&RunResult> = Vec::new();
+    for r in &sessions {
+        if !groups.iter().any(|g| {
+            g.server == r.server
+                && g.setup == r.setup
+                && g.cell.n == r.cell.n
+                && g.cell.rooms == r.cell.rooms
+        }) {
+            groups.push(r);
+        }
+    }
+    for g in groups {
+        let of_group: Vec<&&RunResult> = sessions
+            .iter()
+            .filter(|r| {
+                r.server == g.server
+                    && r.setup == g.setup
+                    && r.cell.n == g.cell.n
+                    && r.cell.rooms == g.cell.rooms
+            })
+            .collect();
+        let all_shares: Vec<f64> = of_group
+            .iter()
+            .flat_map(|r| shares(r.loop_conns.iter().map(|&c| c as f64)))
+            .collect();
+        let lists: Vec<String> = of_group.iter().map(|r| join(&r.loop_conns, "/")).collect();
+        let (min, max) = all_shares
+            .iter()
+            .fold((f64::INFINITY, 0.0f64), |(lo, hi), &s| {
+                (lo.min(s), hi.max(s))
+            });
+        let cells = [
+            g.cell.n.to_string(),
+            g.cell.rooms.map_or("–".into(), |r| r.to_string()),
+            g.setup.label(),
+            of_group.len().to_string(),
+            lists.join(", "),
+            format!("{:.1}%", min * 100.0),
+            format!("{:.1}%", max * 100.0),
+        ];
+        let _ = writeln!(t, "| {} |", cells.join(" | "));
     }
     t
 }
@@ -500,13 +846,16 @@ pub struct TargetCheck {
 }
 
 /// Checks the project's performance targets against the tables.
-pub fn check_targets(rows: &[Row]) -> Vec<TargetCheck> {
+pub fn check_targets(all_rows: &[Row]) -> Vec<TargetCheck> {
     use ServerKind::{Baseline, Floor, Wshub, WshubFilter};
     let mut checks = Vec::new();
+    // The single-thread comparison: every server with one thread.
+    let rows: Vec<&Row> = all_rows.iter().filter(|r| r.setup.threads == 1).collect();
 
     // 1. CPU per delivery in the fan-out cells at N = 1000 and 10000 <= 1.0x floor.
     let cpu_rows: Vec<&Row> = rows
         .iter()
+        .copied()
         .filter(|r| r.cell.rooms.is_none() && r.cell.mode.is_fast())
         .filter(|r| r.cell.n == 1000 || r.cell.n == 10_000)
         .collect();
@@ -590,6 +939,67 @@ pub fn check_targets(rows: &[Row]) -> Vec<TargetCheck> {
         holds: connect.map(|s| s.connect_secs < 1.0),
         evidence: connect.map_or("n/a".into(), |s| millis(s.connect_secs)),
     });
+    checks.extend(check_threads(all_rows));
+    checks
+}
+
+/// The targets of wshub with several loops on CPU 0 against one loop (only when the run
+/// had such rows): crossing between loops costs ≤ 1.1× the CPU per delivery in the fan-out
+/// cells at N=1,000 and 10,000, ≤ 1.2× in the rooms workload (a room's members on every
+/// loop).
+fn check_threads(rows: &[Row]) -> Vec<TargetCheck> {
+    let same_cpu = |r: &&Row| r.setup.threads > 1 && r.setup.placement != Placement::Spread;
+    let mut checks = Vec::new();
+    type Cells = fn(&Cell) -> bool;
+    let targets: [(&str, f64, Cells); 2] = [
+        ("fan-out cells at N=1,000 and 10,000", 1.1, |c| {
+            c.rooms.is_none() && c.mode.is_fast() && (c.n == 1000 || c.n == 10_000)
+        }),
+        ("rooms workload (cross-loop publish)", 1.2, |c| {
+            c.rooms.is_some()
+        }),
+    ];
+    for (what, limit, cells) in targets {
+        let of_target: Vec<&Row> = rows
+            .iter()
+            .filter(same_cpu)
+            .filter(|r| cells(&r.cell))
+            .collect();
+        let mut threads: Vec<usize> = of_target.iter().map(|r| r.setup.threads).collect();
+        threads.sort_unstable();
+        threads.dedup();
+        if of_target.is_empty() {
+            continue;
+        }
+        let mut evidence = Vec::new();
+        let mut holds = Some(true);
+        for r in &of_target {
+            match with_single(rows, r, ServerKind::Wshub) {
+                Some((s, single)) => {
+                    let ratio = s.cpu_us_per_delivery / single.cpu_us_per_delivery;
+                    let window = r.cell.mode.window().unwrap_or(0);
+                    evidence.push(format!(
+                        "threads {} N={} K={} W={window}: {}×",
+                        r.setup.label(),
+                        r.cell.n,
+                        r.cell.k,
+                        ratio_text(ratio)
+                    ));
+                    holds = holds.map(|h| h && ratio <= limit);
+                }
+                None => holds = None,
+            }
+        }
+        checks.push(TargetCheck {
+            text: format!(
+                "several loops on one CPU ({} loops, all on the server's CPU): server CPU per \
+                 delivery ≤ {limit}× one loop, {what}",
+                join(&threads, ", ")
+            ),
+            holds,
+            evidence: evidence.join(", "),
+        });
+    }
     checks
 }
 
@@ -613,6 +1023,7 @@ pub fn svg_chart(rows: &[Row]) -> String {
     const H: f64 = 450.0;
     let fast: Vec<&Row> = rows
         .iter()
+        .filter(|r| r.setup.threads == 1)
         .filter(|r| r.cell.rooms.is_none() && r.cell.mode.is_fast())
         .collect();
     let window = fast.iter().filter_map(|r| r.cell.mode.window()).max();

@@ -135,16 +135,22 @@ fn release_dir(manifest_dir: &Path) -> PathBuf {
 
 /// `taskset -c CPU` if the taskset binary exists and the machine has 2+ CPUs.
 pub fn pin_prefix(cpu: usize, cores: usize) -> Option<Vec<String>> {
+    pin_prefix_list(&cpu.to_string(), cores)
+}
+
+/// `taskset -c LIST` (such as `0,1`) if the taskset binary exists, the machine has 2+
+/// CPUs and the list is valid here.
+pub fn pin_prefix_list(cpus: &str, cores: usize) -> Option<Vec<String>> {
     if cores < 2 {
         return None;
     }
     let ok = Command::new("taskset")
-        .args(["-c", &cpu.to_string(), "true"])
+        .args(["-c", cpus, "true"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
-    ok.then(|| vec!["taskset".to_string(), "-c".to_string(), cpu.to_string()])
+    ok.then(|| vec!["taskset".to_string(), "-c".to_string(), cpus.to_string()])
 }
 
 /// A running server process. Killed (SIGKILL to its PID) when dropped.
@@ -157,9 +163,45 @@ pub struct ServerProcess {
 
 impl ServerProcess {
     /// Starts a server on a free loopback port and waits until it accepts.
+    #[allow(dead_code)] // the soak bench's; the fan-out bench uses `start_with`
     pub fn start(kind: ServerKind, launcher: &Launcher, tag: &str) -> Result<Self, String> {
+        Self::spawn(
+            kind,
+            launcher,
+            tag,
+            1,
+            launcher.pin_prefix.as_deref(),
+            false,
+        )
+    }
+
+    /// As [`start`](Self::start), with `threads` event loops (wshub: `--threads`; the
+    /// other servers have one) and pinned with `pin` (None: not pinned) instead of the
+    /// launcher's prefix. The server's stdout goes to its log too: wshub's example logs
+    /// there, and [`loop_connections`](Self::loop_connections) reads it.
+    pub fn start_with(
+        kind: ServerKind,
+        launcher: &Launcher,
+        tag: &str,
+        threads: usize,
+        pin: Option<&[String]>,
+    ) -> Result<Self, String> {
+        if threads > 1 && !kind.is_wshub() {
+            return Err(format!("the {kind} server has one thread"));
+        }
+        Self::spawn(kind, launcher, tag, threads, pin, true)
+    }
+
+    fn spawn(
+        kind: ServerKind,
+        launcher: &Launcher,
+        tag: &str,
+        threads: usize,
+        pin: Option<&[String]>,
+        stdout_to_log: bool,
+    ) -> Result<Self, String> {
         let addr = free_loopback_addr()?;
-        let mut argv: Vec<String> = launcher.pin_prefix.clone().unwrap_or_default();
+        let mut argv: Vec<String> = pin.map(<[String]>::to_vec).unwrap_or_default();
         match kind {
             ServerKind::Wshub | ServerKind::WshubFilter => {
                 let exe = launcher
@@ -169,6 +211,9 @@ impl ServerProcess {
                 argv.extend([exe.display().to_string(), addr.to_string()]);
                 if kind == ServerKind::WshubFilter {
                     argv.push("--filter".to_string());
+                }
+                if threads > 1 {
+                    argv.extend(["--threads".to_string(), threads.to_string()]);
                 }
             }
             ServerKind::Floor => argv.extend([
@@ -185,10 +230,17 @@ impl ServerProcess {
         let log_path = launcher.log_dir.join(format!("{kind}-{tag}.log"));
         let log = File::create(&log_path)
             .map_err(|e| format!("cannot create server log {}: {e}", log_path.display()))?;
+        let stdout = if stdout_to_log {
+            log.try_clone()
+                .map_err(|e| format!("cannot share server log {}: {e}", log_path.display()))?
+                .into()
+        } else {
+            Stdio::null()
+        };
         let child = Command::new(&argv[0])
             .args(&argv[1..])
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(stdout)
             .stderr(log)
             .spawn()
             .map_err(|e| format!("cannot start {kind} server ({}): {e}", argv.join(" ")))?;
@@ -241,6 +293,65 @@ impl ServerProcess {
     pub fn cpu_time(&self) -> Result<Duration, String> {
         sys::process_cpu_time(self.pid())
             .map_err(|e| format!("cannot read CPU time of {} server: {e}", self.kind))
+    }
+
+    /// Write-type system calls the server has made so far (None where /proc does not
+    /// tell).
+    pub fn write_syscalls(&self) -> Option<u64> {
+        sys::process_write_syscalls(self.pid()).ok()
+    }
+
+    /// CPU time of each of wshub's event loops (threads `wshub-loop-N`), in loop order;
+    /// /proc clock-tick resolution.
+    pub fn loop_cpu_times(&self) -> Result<Vec<Duration>, String> {
+        sys::thread_cpu_times(self.pid(), "wshub-loop-")
+            .map_err(|e| format!("cannot read loop CPU times of {} server: {e}", self.kind))
+    }
+
+    /// Open connections on each of wshub's loops, in loop order: asks the broadcast
+    /// example with SIGUSR1 (started with [`start_with`](Self::start_with), which logs its
+    /// stdout) and reads the line it logs. Only for the wshub servers: SIGUSR1 kills the
+    /// others.
+    pub fn loop_connections(&mut self) -> Result<Vec<usize>, String> {
+        const MARK: &str = "open connections per loop:";
+        if !self.kind.is_wshub() {
+            return Err(format!(
+                "the {} server does not report its loops",
+                self.kind
+            ));
+        }
+        let answers = |log: &str| log.lines().filter(|l| l.contains(MARK)).count();
+        let before = answers(&std::fs::read_to_string(&self.log_path).unwrap_or_default());
+        let pid = libc::pid_t::try_from(self.pid()).map_err(|e| e.to_string())?;
+        // SAFETY: kill has no memory-safety preconditions; the PID is our own child,
+        // which has not been waited for (so it cannot have been reused).
+        if unsafe { libc::kill(pid, libc::SIGUSR1) } != 0 {
+            return Err(format!(
+                "cannot signal the {} server: {}",
+                self.kind,
+                std::io::Error::last_os_error()
+            ));
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            self.check_alive()?;
+            let log = std::fs::read_to_string(&self.log_path).unwrap_or_default();
+            if answers(&log) > before {
+                let line = log.lines().rfind(|l| l.contains(MARK)).unwrap_or_default();
+                let counts = line.split_once(MARK).map_or("", |(_, rest)| rest);
+                let counts = counts.split('(').next().unwrap_or_default();
+                return counts
+                    .split_whitespace()
+                    .map(|n| n.parse().map_err(|e| format!("{line:?}: {e}")))
+                    .collect();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Err(format!(
+            "the {} server did not log its loops' connections within 5 s{}",
+            self.kind,
+            self.log_tail()
+        ))
     }
 
     pub fn rss_bytes(&self) -> Result<u64, String> {

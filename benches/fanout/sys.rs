@@ -95,8 +95,54 @@ pub fn process_cpu_time(pid: u32) -> io::Result<Duration> {
     proc_stat_cpu_time(pid)
 }
 
+/// Write-type system calls (write, writev, send…) process `pid` has made, all its threads
+/// together: `syscw` of /proc/PID/io.
+pub fn process_write_syscalls(pid: u32) -> io::Result<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/io"))?;
+    text.lines()
+        .find_map(|line| line.strip_prefix("syscw:"))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| io::Error::other("no syscw in /proc/PID/io"))
+}
+
+/// CPU time of each thread of process `pid` whose name is `prefix` followed by a number
+/// (such as `wshub-loop-0`), in the order of that number: its run time from
+/// /proc/PID/task/TID/schedstat (nanoseconds), or user + system time from its stat (clock
+/// ticks) if the kernel has no schedstat.
+pub fn thread_cpu_times(pid: u32, prefix: &str) -> io::Result<Vec<Duration>> {
+    let mut threads = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let dir = task?.path();
+        let Ok(comm) = std::fs::read_to_string(dir.join("comm")) else {
+            continue; // the thread ended meanwhile
+        };
+        let Some(index) = comm
+            .trim()
+            .strip_prefix(prefix)
+            .and_then(|i| i.parse::<usize>().ok())
+        else {
+            continue;
+        };
+        let schedstat = std::fs::read_to_string(dir.join("schedstat")).ok();
+        let run_ns = schedstat
+            .as_deref()
+            .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok());
+        if let Some(ns) = run_ns {
+            threads.push((index, Duration::from_nanos(ns)));
+        } else if let Ok(stat) = std::fs::read_to_string(dir.join("stat")) {
+            threads.push((index, stat_cpu_time(&stat)?));
+        }
+    }
+    threads.sort_unstable_by_key(|&(index, _)| index);
+    Ok(threads.into_iter().map(|(_, cpu)| cpu).collect())
+}
+
 fn proc_stat_cpu_time(pid: u32) -> io::Result<Duration> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    stat_cpu_time(&std::fs::read_to_string(format!("/proc/{pid}/stat"))?)
+}
+
+/// utime + stime of a /proc/…/stat line.
+fn stat_cpu_time(stat: &str) -> io::Result<Duration> {
     // Fields after the command name, which is in parentheses and may contain spaces.
     let rest = stat
         .rsplit_once(')')
