@@ -84,6 +84,10 @@ struct Shared {
     /// subscribing thread last looked.
     wanted: Mutex<Wanted>,
     stop: AtomicBool,
+    /// Set by the subscribing thread when it got through to Redis again: a disconnected
+    /// publishing thread tries at once rather than at its next backoff step, so that
+    /// frames published after `Up` are not lost to a connection still waiting to retry.
+    redis_back: AtomicBool,
     counters: Counters,
 }
 
@@ -261,6 +265,9 @@ fn publishing(link: &Link, shared: &Shared, queue: &Receiver<(Arc<str>, Frame)>)
     let mut batch = Vec::with_capacity(BATCH);
     let mut message = Vec::new();
     while !shared.stopping() {
+        if conn.is_none() && shared.redis_back.swap(false, Ordering::AcqRel) {
+            backoff.reset();
+        }
         if conn.is_none() && backoff.due() {
             match link.connect() {
                 Ok(c) => {
@@ -274,7 +281,9 @@ fn publishing(link: &Link, shared: &Shared, queue: &Receiver<(Arc<str>, Frame)>)
                 Err(e) => backoff.failed(&format!("publishing connection: {e}")),
             }
         }
-        match queue.recv_timeout(Duration::from_millis(100)) {
+        // Disconnected, look again soon: Redis may be back (see `redis_back`).
+        let wait = if conn.is_some() { 100 } else { 10 };
+        match queue.recv_timeout(Duration::from_millis(wait)) {
             Ok(item) => batch.push(item),
             Err(RecvTimeoutError::Timeout) => continue,
             Err(RecvTimeoutError::Disconnected) => return,
@@ -327,7 +336,10 @@ fn subscribing(link: &Link, shared: &Shared, node: &Handle) {
             continue;
         }
         let mut conn = match link.connect() {
-            Ok(conn) => conn,
+            Ok(conn) => {
+                shared.redis_back.store(true, Ordering::Release);
+                conn
+            }
             Err(e) => {
                 backoff.failed(&format!("subscribing connection: {e}"));
                 continue;
