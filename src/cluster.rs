@@ -14,6 +14,7 @@
 
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
 use std::thread;
 
@@ -136,16 +137,21 @@ where
         self.handle.clone()
     }
 
-    /// Runs every loop on its own thread (named `wshub-loop-N`) until a graceful shutdown
-    /// of the whole cluster completes, and returns the handlers in loop order. If a loop
-    /// fails (its poll errs) or panics, the others are shut down and the first error is
-    /// returned.
+    /// Runs the loops until a graceful shutdown of the whole cluster completes, and returns
+    /// the handlers in loop order: loop 0 on the calling thread (so a cluster of one is a
+    /// [`Server`] run where it was called, and no thread sits waiting), the others on
+    /// threads named `wshub-loop-N`. If a loop fails (its poll errs) or panics, the others
+    /// are shut down and the first error is returned.
     pub fn run(self) -> io::Result<Vec<H>> {
-        let mut threads = Vec::with_capacity(self.loops.len());
-        for (index, mut server) in self.loops.into_iter().enumerate() {
+        let mut loops = self.loops.into_iter();
+        let Some(mut first) = loops.next() else {
+            return Ok(Vec::new());
+        };
+        let mut threads = Vec::with_capacity(loops.len());
+        for (index, mut server) in loops.enumerate() {
             let stop_all = StopAllOnExit(self.handle.clone());
             let thread = thread::Builder::new()
-                .name(format!("wshub-loop-{index}"))
+                .name(format!("wshub-loop-{}", index + 1))
                 .spawn(move || {
                     let result = server.run();
                     drop(stop_all);
@@ -162,8 +168,19 @@ where
                 }
             }
         }
-        let mut handlers = Vec::with_capacity(threads.len());
-        let mut failure = None;
+        let first_result = {
+            let _stop_all = StopAllOnExit(self.handle.clone());
+            panic::catch_unwind(AssertUnwindSafe(|| first.run()))
+        };
+        let mut handlers = Vec::with_capacity(threads.len() + 1);
+        let mut failure = match first_result {
+            Ok(Ok(())) => {
+                handlers.push(first.into_handler());
+                None
+            }
+            Ok(Err(e)) => Some(e),
+            Err(_) => Some(io::Error::other("loop 0 panicked")),
+        };
         for thread in threads {
             match thread.join() {
                 Ok(Ok(handler)) => handlers.push(handler),
