@@ -9,6 +9,7 @@
 //! cargo test --all-targets                   # runs this binary without --bench: a smoke
 //!                                            # pass (4 s warm-up + 8 s storm, 400 attackers)
 //! cargo bench --bench soak -- --quick --seed 7 --population 1500 --warmup 0 --strict --raw-rss
+//! cargo bench --bench soak -- --quick --threads 2   # the server on 2 event loops (a Cluster)
 //! WSHUB_SOAK_QUICK=1 cargo bench --bench soak
 //! ```
 //!
@@ -156,6 +157,9 @@ struct Options {
     warmup: Duration,
     population: usize,
     seed: u64,
+    /// The server's event loops (`broadcast --threads N`): with 2, connections and rooms
+    /// span loops, and loop 1 allocates on a thread of its own.
+    threads: usize,
     strict: bool,
     /// Compare raw RSS, without asking the allocator to return its free pages first.
     raw_rss: bool,
@@ -219,6 +223,11 @@ impl Options {
             warmup: Duration::from_secs_f64(warmup),
             population,
             seed: number("--seed")?.map_or(0x5EED_CAFE, |s| s as u64),
+            threads: match number("--threads")? {
+                None => 1,
+                Some(t) if (1.0..=8.0).contains(&t) && t.fract() == 0.0 => t as usize,
+                Some(t) => return Err(format!("--threads {t}: 1 to 8 loops")),
+            },
             strict: has("--strict"),
             raw_rss: has("--raw-rss"),
             args: args.iter().filter(|a| *a != "--bench").cloned().collect(),
@@ -429,11 +438,17 @@ fn run(options: &Options) -> Result<(), String> {
         pin_prefix: None,
         log_dir,
     };
-    let mut server = ServerProcess::start(ServerKind::Wshub, &launcher, options.mode.name())?;
+    let mut server = ServerProcess::start_with(
+        ServerKind::Wshub,
+        &launcher,
+        options.mode.name(),
+        options.threads,
+        None,
+    )?;
     let addr = server.addr;
     eprintln!(
-        "soak: {} mode{}, storm {:.0} s, up to {} attackers, seed {:#x}, server pid {} on {addr}, \
-         {cores} CPUs ({cpu_model}), RLIMIT_NOFILE {nofile}",
+        "soak: {} mode{}, storm {:.0} s, up to {} attackers, seed {:#x}, server pid {} on {addr} \
+         ({} loop(s)), {cores} CPUs ({cpu_model}), RLIMIT_NOFILE {nofile}",
         options.mode.name(),
         if options.bench {
             ""
@@ -444,6 +459,7 @@ fn run(options: &Options) -> Result<(), String> {
         options.population,
         options.seed,
         server.pid(),
+        options.threads,
     );
 
     let clock = Clock::new();

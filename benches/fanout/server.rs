@@ -162,22 +162,9 @@ pub struct ServerProcess {
 }
 
 impl ServerProcess {
-    /// Starts a server on a free loopback port and waits until it accepts.
-    #[allow(dead_code)] // the soak bench's; the fan-out bench uses `start_with`
-    pub fn start(kind: ServerKind, launcher: &Launcher, tag: &str) -> Result<Self, String> {
-        Self::spawn(
-            kind,
-            launcher,
-            tag,
-            1,
-            launcher.pin_prefix.as_deref(),
-            false,
-        )
-    }
-
-    /// As [`start`](Self::start), with `threads` event loops (wshub: `--threads`; the
-    /// other servers have one) and pinned with `pin` (None: not pinned) instead of the
-    /// launcher's prefix. The server's stdout goes to its log too: wshub's example logs
+    /// Starts a server on a free loopback port with `threads` event loops (wshub:
+    /// `--threads`; the other servers have one), pinned with `pin` (None: not pinned), and
+    /// waits until it accepts. The server's stdout goes to its log too: wshub's example logs
     /// there, and [`loop_connections`](Self::loop_connections) reads it.
     pub fn start_with(
         kind: ServerKind,
