@@ -134,16 +134,32 @@ impl Commands {
 }
 
 impl Inbox {
+    /// Queues `command` and wakes the loop if no wake-up is on its way yet.
     pub(crate) fn command(&self, command: Command) -> Result<(), HandleError> {
+        if self.queue(command)? {
+            self.wake()?;
+        }
+        Ok(())
+    }
+
+    /// Queues `command` without waking the loop; `Ok(true)` when the caller owes it the
+    /// wake-up ([`Inbox::wake`]): no other is on its way. Another loop queues this way
+    /// during its turn and wakes once at the end of it, so this loop finds the whole turn's
+    /// commands at once (waking at the first let the scheduler switch to this loop for one
+    /// frame, and halved the frames per write of a broadcast across loops).
+    pub(crate) fn queue(&self, command: Command) -> Result<bool, HandleError> {
         if self.stopped.load(Ordering::Acquire) {
             return Err(HandleError::Stopped);
         }
         match self.tx.try_send(command) {
-            Ok(()) if self.woken.swap(true, Ordering::AcqRel) => Ok(()),
-            Ok(()) => self.waker.wake().map_err(|_| HandleError::Stopped),
+            Ok(()) => Ok(!self.woken.swap(true, Ordering::AcqRel)),
             Err(TrySendError::Full(_)) => Err(HandleError::Full),
             Err(TrySendError::Disconnected(_)) => Err(HandleError::Stopped),
         }
+    }
+
+    pub(crate) fn wake(&self) -> Result<(), HandleError> {
+        self.waker.wake().map_err(|_| HandleError::Stopped)
     }
 
     fn stats(&self) -> Stats {

@@ -300,6 +300,8 @@ impl<H: Handler> Server<H> {
         if self.life == Life::Stopped {
             return Ok(false);
         }
+        // Commands handed to other loops between turns (before `run`, or from `loop_mut`).
+        self.wake_peers();
         self.core.shared.tick();
         let timeout = self.poll_timeout(timeout);
         match self.poll.poll(&mut self.events, timeout) {
@@ -334,8 +336,17 @@ impl<H: Handler> Server<H> {
         self.settle();
         self.step_shutdown();
         self.core.seal_turn();
+        self.wake_peers();
         self.publish_stats();
         Ok(self.life != Life::Stopped)
+    }
+
+    /// Wakes the other loops this turn handed commands to: after this loop's own flush,
+    /// with the whole turn's commands in their inboxes.
+    fn wake_peers(&self) {
+        if let Some(peers) = &self.core.peers {
+            peers.wake();
+        }
     }
 
     fn poll_timeout(&self, requested: Option<Duration>) -> Option<Duration> {

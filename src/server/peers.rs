@@ -1,6 +1,7 @@
 //! A loop's view of the other loops of its cluster: where a connection lives, and how a
 //! send, publish, broadcast or close that concerns another loop gets there.
 
+use std::cell::Cell;
 use std::sync::Arc;
 
 use crate::handle::Command;
@@ -11,11 +12,18 @@ pub(crate) struct Peers {
     me: usize,
     /// Every loop, this one included.
     handle: Handle,
+    /// Loops given commands this turn that are owed a wake-up (a bit per loop), sent by
+    /// [`Peers::wake`] when the turn ends.
+    owed: Cell<u64>,
 }
 
 impl Peers {
     pub(crate) fn new(me: usize, handle: Handle) -> Peers {
-        Peers { me, handle }
+        Peers {
+            me,
+            handle,
+            owed: Cell::new(0),
+        }
     }
 
     pub(crate) fn me(&self) -> usize {
@@ -40,8 +48,13 @@ impl Peers {
         command: Command,
         stats: &mut Stats,
     ) -> Result<(), SendError> {
-        match self.handle.inbox(at).command(command) {
-            Ok(()) => Ok(()),
+        match self.handle.inbox(at).queue(command) {
+            Ok(owed) => {
+                if owed {
+                    self.owed.set(self.owed.get() | 1 << at);
+                }
+                Ok(())
+            }
             Err(HandleError::Full) => {
                 stats.inbox_overflows += 1;
                 Err(SendError::InboxFull)
@@ -87,6 +100,17 @@ impl Peers {
     pub(crate) fn unsubscribed(&self, topic: &str) {
         if let Some(topic_loops) = self.handle.topic_loops() {
             topic_loops.remove(topic, self.me);
+        }
+    }
+
+    /// Wakes the loops given commands since the last call: once per loop per turn.
+    pub(crate) fn wake(&self) {
+        let mut owed = self.owed.replace(0);
+        while owed != 0 {
+            let at = owed.trailing_zeros() as usize;
+            owed &= owed - 1;
+            // A loop that has stopped reads no more commands; nothing to wake.
+            let _ = self.handle.inbox(at).wake();
         }
     }
 
