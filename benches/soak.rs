@@ -39,14 +39,16 @@
 //!    get through. The server's RSS, fds and CPU, this process's CPU, the
 //!    machine's and the kernel's TCP memory are sampled every second.
 //! 5. The attackers disconnect; from `SETTLE_MIN` to `SETTLE_MAX` after, the
-//!    server's RSS and fds must come back within 10% of the baseline.
+//!    server's fds and heap in use (RSS without gdb) must come back within 10% of
+//!    the baseline, and its RSS after the trim within 25% (fragmentation: pages a
+//!    few live blocks pin, more of them with one allocator arena per loop thread).
 //! 6. The well-behaved clients stop sending, must have received everything,
 //!    and close cleanly; the server is stopped with SIGTERM and must exit 0.
 //!
 //! It fails (exit code 1) on: a lost, duplicated, reordered, corrupted or
 //! misrouted delivery to a well-behaved client; a well-behaved client or
-//! probe refused or disconnected; the server dying or a panic in its log; RSS
-//! or fds not back within 10% of the baseline; with `--strict`, also on an
+//! probe refused or disconnected; the server dying or a panic in its log; heap
+//! in use (or RSS) or fds not back within 10% of the baseline; with `--strict`, also on an
 //! attacker outcome a correct server should not give (an *anomaly*, always
 //! reported).
 //!
@@ -100,6 +102,11 @@ use wellbehaved::{WbConfig, WbReport, WbShared};
 const PREFILL_MARGIN: usize = 600;
 /// Allowed growth of RSS and descriptors over the baseline after the storm.
 const LEAK_TOLERANCE: f64 = 0.10;
+/// How far RSS (after the trim) may stay above the baseline when the heap in use is back
+/// within `LEAK_TOLERANCE`: pages glibc cannot return because a few live blocks pin them
+/// (fragmentation, larger with one arena per loop thread), not memory the server holds.
+/// Measured on 2 loops: heap in use +0.5 %, RSS after trim +11.4 %.
+const FRAGMENTATION_TOLERANCE: f64 = 0.25;
 /// The check starts this long after the attackers left ...
 const SETTLE_MIN: Duration = Duration::from_secs(3);
 /// ... and fails if the figures are not back by this long after.
@@ -719,22 +726,31 @@ fn soak(
     summary.attacks = Some(report);
 
     let base = summary.baseline;
-    let settled = settle(monitor, &base, trim)?;
+    let settled = settle(monitor, &first, trim)?;
     summary.after = Some(settled.last.usage);
     summary.after_raw = Some(settled.last.raw);
     summary.after_heap = settled.last.heap;
     summary.settle = settled.when;
     if settled.when.is_none() {
         let after = settled.last.usage;
+        let heap = match (first.heap, settled.last.heap) {
+            (Some(b), Some(a)) => format!(
+                ", heap in use {:.2} MiB against {:.2} MiB (tolerance {:.0}%; RSS then {:.0}%)",
+                mib(a.in_use),
+                mib(b.in_use),
+                LEAK_TOLERANCE * 100.0,
+                FRAGMENTATION_TOLERANCE * 100.0
+            ),
+            _ => format!(" (tolerance {:.0}%)", LEAK_TOLERANCE * 100.0),
+        };
         return Err(format!(
             "leak: {:.0} s after the storm the server has RSS {:.2} MiB and {} fds, against a \
-             baseline of {:.2} MiB and {} fds (tolerance {:.0}%; {})",
+             baseline of {:.2} MiB and {} fds{heap}; {}",
             SETTLE_MAX.as_secs_f64(),
             mib(after.rss),
             after.fds,
             mib(base.rss),
             base.fds,
-            LEAK_TOLERANCE * 100.0,
             summary.rss_method
         ));
     }
@@ -871,6 +887,22 @@ struct Measured {
     heap: Option<heap::Heap>,
 }
 
+impl Measured {
+    /// Back within the tolerance of `base`: fds, and the heap in use where both were read
+    /// (what the server holds; its RSS may then stay up to `FRAGMENTATION_TOLERANCE`
+    /// above), else RSS.
+    fn back_to(&self, base: &Measured) -> bool {
+        match (self.heap, base.heap) {
+            (Some(now), Some(then)) => {
+                now.in_use as f64 <= then.in_use as f64 * (1.0 + LEAK_TOLERANCE)
+                    && self.usage.fds as f64 <= base.usage.fds as f64 * (1.0 + LEAK_TOLERANCE)
+                    && self.usage.within(&base.usage, FRAGMENTATION_TOLERANCE)
+            }
+            _ => self.usage.within(&base.usage, LEAK_TOLERANCE),
+        }
+    }
+}
+
 /// Medians of a few samples, before and (if `trim`) after asking the server's
 /// allocator to return its free pages.
 fn measure(monitor: &mut Monitor<'_>, trim: bool) -> Result<Measured, String> {
@@ -899,16 +931,16 @@ struct Settled {
 
 /// Waits `SETTLE_MIN`, then up to `SETTLE_MAX` for the server's figures to be
 /// back within the tolerance of `base`.
-fn settle(monitor: &mut Monitor<'_>, base: &Usage, trim: bool) -> Result<Settled, String> {
+fn settle(monitor: &mut Monitor<'_>, base: &Measured, trim: bool) -> Result<Settled, String> {
     let start = Instant::now();
     // Bounded by SETTLE_MAX (each pass sleeps; a trim takes well under a second).
     loop {
         alive(monitor)?;
         if start.elapsed() >= SETTLE_MIN
-            && monitor.usage()?.fds as f64 <= base.fds as f64 * (1.0 + LEAK_TOLERANCE)
+            && monitor.usage()?.fds as f64 <= base.usage.fds as f64 * (1.0 + LEAK_TOLERANCE)
         {
             let last = measure(monitor, trim)?;
-            if last.usage.within(base, LEAK_TOLERANCE) {
+            if last.back_to(base) {
                 monitor.sample("settled", true)?;
                 return Ok(Settled {
                     last,

@@ -173,18 +173,19 @@ pub fn results_table(s: &Summary) -> String {
         (Some(after), Some(raw), when) => row(
             "server after the storm",
             format!(
-                "{} (raw RSS {:.2} MiB{}): RSS {}, fds {} against the baseline, {}",
+                "{} (raw RSS {:.2} MiB{}): RSS {}, {}fds {} against the baseline, {}",
                 usage_cell(after),
                 mib(raw.rss),
                 heap(&s.after_heap),
                 change(after.rss, s.baseline.rss),
+                match (&s.after_heap, &s.baseline_heap) {
+                    (Some(a), Some(b)) => format!("heap in use {}, ", change(a.in_use, b.in_use)),
+                    _ => String::new(),
+                },
                 change(after.fds as u64, s.baseline.fds as u64),
                 match when {
-                    Some(w) => format!(
-                        "within 10% {:.1} s after the attackers left",
-                        w.as_secs_f64()
-                    ),
-                    None => "**not back within 10%**".to_string(),
+                    Some(w) => format!("back {:.1} s after the attackers left", w.as_secs_f64()),
+                    None => "**not back within the tolerance**".to_string(),
                 }
             ),
         ),
