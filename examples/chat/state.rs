@@ -242,6 +242,7 @@ impl State {
                     "token": user.token,
                     "rooms": user.rooms.iter().collect::<Vec<_>>(),
                     "instance": self.instance,
+                    "loop": ctx.loop_index(),
                     "limits": {
                         "history": self.opts.history,
                         "text_chars": self.opts.max_text_chars,

@@ -3,7 +3,19 @@
 //   CHAT_URL          the running server, e.g. http://127.0.0.1:18080/ (https://… with
 //                     scripts/browser-test --tls: then every page, socket and fetch goes
 //                     over TLS, and the https-only case below runs)
-//   CHAT_PUSH_TOKEN   the token it was started with
+//   CHAT_URL_A, CHAT_URL_B
+//                     (optional, default CHAT_URL) the server of person A and the server of
+//                     person B, when they are two (two chat processes joined through Redis,
+//                     scripts/browser-test --redis). A is ann, and everyone who stands with
+//                     her (her tabs, cleo, dave, una); B is bob (and vic). Pushes and /stats
+//                     go to A's server (/stats to both, summed, where a count covers A and B).
+//   CHAT_LOOPS        (optional, default 1) loops per server (scripts/browser-test --threads
+//                     N). With more than one, A and B on one server are put on two different
+//                     loops: B's page is reloaded until the `loop` in its socket's welcome
+//                     is not A's (a new connection is a new draw of the kernel's
+//                     SO_REUSEPORT hash), and every two-person case checks they still are.
+//                     On two servers they are apart anyway; that is checked too.
+//   CHAT_PUSH_TOKEN   the token it was started with (both servers)
 //   CHAT_BIN          the chat binary (the restart test starts its own server with it)
 //   CHAT_TLS_CERT, CHAT_TLS_KEY
 //                     (https only) the PEM certificate and key the server was started
@@ -16,12 +28,13 @@
 //
 // Every page is watched through the Chrome DevTools Protocol (Network domain) for its
 // WebSocket handshakes, so the test sees the 101's headers as Chromium got them: the chat
-// offers permessage-deflate (shared mode) and Chromium must negotiate it.
+// offers permessage-deflate (shared mode) and Chromium must negotiate it. And for the
+// `welcome` that opens each socket: the loop it says the connection is on.
 //
 // A person is a browser context (its own localStorage, so its own identity). The people at
-// 1280×800 share one context and are told apart by origin (http://127.0.0.1:PORT and
-// http://localhost:PORT, or https://…); the people on phones and the later visitors get
-// contexts of their own.
+// 1280×800 share one context and are told apart by origin (A's http://127.0.0.1:PORT and
+// B's http://localhost:PORT, or https://…); the people on phones and the later visitors
+// get contexts of their own.
 
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
@@ -32,10 +45,25 @@ import { fileURLToPath } from "node:url";
 import { chromium } from "playwright-core";
 
 const HERE = path.dirname(fileURLToPath(import.meta.url));
-const BASE = process.env.CHAT_URL;
-if (!BASE) throw new Error("CHAT_URL is not set (run scripts/browser-test)");
-const ALT = BASE.replace("//127.0.0.1:", "//localhost:");
+const CHAT_URL = process.env.CHAT_URL || process.env.CHAT_URL_A;
+if (!CHAT_URL) throw new Error("CHAT_URL is not set (run scripts/browser-test)");
+/** Person A's server (ann's). */
+const BASE = process.env.CHAT_URL_A || CHAT_URL;
+/** Person B's (bob's): another origin than A's even on the same server (localhost). */
+const ALT = (process.env.CHAT_URL_B || CHAT_URL).replace("//127.0.0.1:", "//localhost:");
+if (new URL(BASE).origin === new URL(ALT).origin) {
+  throw new Error(`A and B need two origins (their own localStorage), not ${BASE} and ${ALT} (B's 127.0.0.1 becomes localhost)`);
+}
+if (new URL(BASE).protocol !== new URL(ALT).protocol) throw new Error(`CHAT_URL_A ${BASE} and CHAT_URL_B ${ALT}: one scheme`);
 const TLS = new URL(BASE).protocol === "https:";
+/** One server for A and B (by port: both are on loopback), or two. */
+const SAME_SERVER = new URL(BASE).port === new URL(ALT).port;
+const SERVERS = SAME_SERVER ? [BASE] : [BASE, ALT];
+const LOOPS = Number(process.env.CHAT_LOOPS || 1);
+if (!(Number.isInteger(LOOPS) && LOOPS >= 1)) throw new Error(`CHAT_LOOPS=${process.env.CHAT_LOOPS}: a number of loops`);
+/** A and B are to be (and are checked to be) on different loops, or different servers. */
+const SPREAD = !SAME_SERVER || LOOPS > 1;
+const TRIES = 20; // reloads to put B on another loop than A: each a fair draw with 2 loops
 const TLS_FILES = ["--tls-cert", process.env.CHAT_TLS_CERT, "--tls-key", process.env.CHAT_TLS_KEY];
 if (TLS && !(process.env.CHAT_TLS_CERT && process.env.CHAT_TLS_KEY)) {
   throw new Error("CHAT_URL is https:// but CHAT_TLS_CERT/CHAT_TLS_KEY are not set (run scripts/browser-test --tls)");
@@ -55,6 +83,9 @@ const pages = {};
 const dialogs = [];
 const pageErrors = [];
 const handshakes = new Map(); // page -> [{status, headers, requestHeaders, url}], as Chromium saw them
+const welcomes = new Map(); // page -> [{loop, instance, url}]: each socket's welcome, as Chromium got it
+const placements = []; // [{what, a, b}]: where A and B were in each two-person case
+const moves = []; // [{who, reloads, took}]: what placeApart did
 
 before(async () => {
   browser = await chromium.launch({
@@ -92,6 +123,14 @@ async function open(context, url) {
   cdp.on("Network.webSocketCreated", ({ requestId, url: wsUrl }) => urls.set(requestId, wsUrl));
   cdp.on("Network.webSocketHandshakeResponseReceived", ({ requestId, response }) =>
     shakes.push({ ...response, url: urls.get(requestId) }));
+  const hellos = [];
+  welcomes.set(page, hellos);
+  cdp.on("Network.webSocketFrameReceived", ({ requestId, response }) => {
+    if (response.opcode !== 1 || !response.payloadData.includes('"welcome"')) return;
+    let msg;
+    try { msg = JSON.parse(response.payloadData); } catch { return; /* the page's business */ }
+    if (msg.type === "welcome") hellos.push({ loop: msg.loop, instance: msg.instance, url: urls.get(requestId) });
+  });
   await cdp.send("Network.enable");
   page.on("dialog", async (d) => { dialogs.push(d.message()); await d.dismiss().catch(() => {}); });
   page.on("pageerror", (e) => pageErrors.push(`${url}: ${e.message}`));
@@ -162,8 +201,86 @@ async function post(pathname, body, token = TOKEN) {
   return { status: res.status, json: await res.json() };
 }
 
-async function stats() {
-  return (await fetch(new URL("/stats", BASE), { signal: AbortSignal.timeout(STEP) })).json();
+/** GET /stats of a server: A's unless told. */
+async function stats(base = BASE) {
+  return (await fetch(new URL("/stats", base), { signal: AbortSignal.timeout(STEP) })).json();
+}
+
+/** The library's counters (the numbers at the top of /stats) of A's and B's servers, summed. */
+async function statsOfBoth() {
+  const sum = {};
+  for (const one of await Promise.all(SERVERS.map((base) => stats(base)))) {
+    for (const [key, value] of Object.entries(one)) {
+      if (typeof value === "number") sum[key] = (sum[key] ?? 0) + value;
+    }
+  }
+  return sum;
+}
+
+/**
+ * A push's `delivered`: `n` connections, when A and B share a server; a server of two
+ * counts what it knows of, so there at most `n` (that everyone got it, the pages say).
+ */
+function checkDelivered(json, n, what) {
+  if (SAME_SERVER) assert.equal(json.delivered, n, what);
+  else assert.ok(Number.isInteger(json.delivered) && json.delivered <= n, `${what}: ${JSON.stringify(json)}`);
+}
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/** The welcome of `page`'s newest socket, once there are more than `seen` of them. */
+async function welcomeOf(page, seen = 0) {
+  const got = welcomes.get(page);
+  for (let waited = 0; got.length <= seen; waited += 20) {
+    assert.ok(waited < STEP, `${page.url()}: no welcome on its socket within ${STEP} ms`);
+    await sleep(20);
+  }
+  return got.at(-1);
+}
+
+/** Where `page`'s socket is, from its welcome: "server :PORT, loop N". */
+async function placeOf(page) {
+  const w = await welcomeOf(page);
+  if (LOOPS > 1) {
+    assert.ok(Number.isInteger(w.loop) && w.loop >= 0 && w.loop < LOOPS,
+      `${page.url()}: its welcome says loop ${w.loop}, not one of 0..${LOOPS - 1} (the chat's welcome needs its "loop")`);
+  }
+  return `server :${new URL(w.url ?? page.url()).port}, loop ${w.loop ?? "?"}`;
+}
+
+/**
+ * Puts `mover`'s socket on another loop (or server) than `other`'s: reloads `mover`, a new
+ * connection each time and so a new draw of the kernel's SO_REUSEPORT hash, until it is
+ * (at most TRIES times). A reload falls in the presence grace period: nobody sees it go.
+ * Nothing to do unless SPREAD. Returns the reloads it took.
+ */
+async function placeApart(mover, other, who) {
+  if (!SPREAD) return 0;
+  const there = await placeOf(other);
+  const started = Date.now();
+  for (let reloads = 0; ; reloads++) {
+    const here = await placeOf(mover);
+    if (here !== there) {
+      moves.push({ who, reloads, took: Date.now() - started });
+      return reloads;
+    }
+    assert.ok(SAME_SERVER, `${who}: on ${here}, as the other, though their servers are two`);
+    assert.ok(reloads < TRIES, `${who}: still on ${here}, as the other, after ${TRIES} reloads`);
+    const seen = welcomes.get(mover).length;
+    await mover.reload({ timeout: STEP });
+    await welcomeOf(mover, seen);
+    await online(mover);
+  }
+}
+
+/**
+ * Notes where A and B are at the end of a two-person case, and (SPREAD) that it is two
+ * loops or servers: what they sent each other went from one to the other.
+ */
+async function checkApart(what, a = pages.ann, b = pages.bob) {
+  const [at, bt] = [await placeOf(a), await placeOf(b)];
+  placements.push({ what, a: at, b: bt });
+  if (SPREAD) assert.notEqual(at, bt, `${what}: A and B on one loop`);
 }
 
 /** Two animation frames: scroll events and layout have run. */
@@ -228,9 +345,13 @@ test("a long history opens at the newest message, the message box on screen (128
   await checkLayout(pages.ann, "history line 61", "after jumping down");
 });
 
-test("two people join and chat in a room", { timeout: TEST }, async () => {
+test("two people join and chat in a room", { timeout: TEST }, async (t) => {
   pages.bob = await open(desk, ALT);
   await signIn(pages.bob, "bob");
+  // With two loops (or servers), bob on another than ann, for this and every case after.
+  const reloads = await placeApart(pages.bob, pages.ann, "bob");
+  t.diagnostic(`ann on ${await placeOf(pages.ann)}, bob on ${await placeOf(pages.bob)}` +
+    (SPREAD ? ` (${reloads} reload${reloads === 1 ? "" : "s"} of bob's page to get there)` : ""));
 
   // Both land in the lobby and see each other in its member list.
   await pages.ann.locator("#view-title", { hasText: "# lobby" }).waitFor();
@@ -276,6 +397,7 @@ test("two people join and chat in a room", { timeout: TEST }, async () => {
   await rust.click();
   await waitForRow(pages.bob, "ann", "are you in the lobby?");
   await rust.locator(".badge").waitFor({ state: "detached" });
+  await checkApart("a room: presence, messages both ways, an unread badge");
 });
 
 test("the socket negotiates permessage-deflate, and a long message arrives intact", { timeout: TEST }, async (t) => {
@@ -296,15 +418,23 @@ test("the socket negotiates permessage-deflate, and a long message arrives intac
     await page.click('#rooms li[data-room="lobby"]');
     await page.locator("#view-title", { hasText: "# lobby" }).waitFor();
   }
-  const before = await stats();
+  const before = await statsOfBoth();
   await say(pages.ann, long);
   for (const page of [pages.bob, pages.ann]) {
     await waitForRow(page, "ann", long);
     assert.deepEqual((await rows(page)).at(-1), { author: "ann", text: long });
   }
   // It went compressed both ways: the server inflated ann's frame, and compressed the
-  // message once for the two connections in the lobby.
-  const after = await stats();
+  // message once for the two connections in the lobby (once per loop, or server, with
+  // one of them: on two, once each).
+  const places = new Set([await placeOf(pages.ann), await placeOf(pages.bob)]).size;
+  // (Another loop's counters are as of its last turn: until they show both deliveries.)
+  let after;
+  for (let waited = 0; ; waited += 50) {
+    after = await statsOfBoth();
+    if ((after.compressed_out - before.compressed_out >= 2 && after.inflate_bytes_in > before.inflate_bytes_in) || waited >= STEP) break;
+    await sleep(50);
+  }
   const d = (key) => after[key] - before[key];
   t.diagnostic(`compressions +${d("compressions")}, compressed frames out +${d("compressed_out")}, ` +
     `${d("compress_bytes_in")} -> ${d("compress_bytes_out")} bytes out, ${d("inflate_bytes_in")} -> ${d("inflate_bytes_out")} bytes in`);
@@ -312,13 +442,15 @@ test("the socket negotiates permessage-deflate, and a long message arrives intac
   assert.ok(d("inflate_bytes_in") < d("inflate_bytes_out"));
   assert.ok(d("compressions") >= 1, "the message was compressed");
   assert.ok(d("compressed_out") >= 2, "ann and bob got it compressed");
-  assert.ok(d("compressions") < d("compressed_out"), "once for both, not once each");
+  if (places === 1) assert.ok(d("compressions") < d("compressed_out"), "once for both, not once each");
+  else assert.ok(d("compressions") <= places, `once per loop (or server) with a recipient (${places}), not once per recipient: ${d("compressions")}`);
   assert.ok(d("compress_bytes_out") < d("compress_bytes_in") / 2, "and it got smaller");
   for (const page of [pages.ann, pages.bob]) {
     await page.bringToFront();
     await page.click('#rooms li[data-room="rust"]');
     await page.locator("#view-title", { hasText: "# rust" }).waitFor();
   }
+  await checkApart("a long message, compressed");
 });
 
 test("private messages, to every tab of the recipient", { timeout: TEST }, async () => {
@@ -349,6 +481,7 @@ test("private messages, to every tab of the recipient", { timeout: TEST }, async
   ]);
   await pages.ann2.close();
   delete pages.ann2;
+  await checkApart("private messages");
 });
 
 test("text is shown as text, never as HTML", { timeout: TEST }, async () => {
@@ -371,13 +504,14 @@ test("text is shown as text, never as HTML", { timeout: TEST }, async () => {
     assert.deepEqual(found, { xss: undefined, img: 0, script: 0, bold: 0 });
   }
   assert.deepEqual(dialogs, [], "no alert ran");
+  await checkApart("text as text");
 });
 
 test("pushes: to a room in the room, to everyone or to one user in Notifications only", { timeout: TEST }, async () => {
   const res = await post("/push", { room: "rust", text: "deploy finished", from: "ci" });
   assert.equal(res.status, 200);
   assert.equal(res.json.ok, true);
-  assert.equal(res.json.delivered, 2, "one connection each for ann and bob");
+  checkDelivered(res.json, 2, "one connection each for ann and bob");
   for (const page of [pages.ann, pages.bob]) await waitForRow(page, "ci", "deploy finished");
 
   // bob has his conversation with ann open, ann has #rust open.
@@ -388,7 +522,7 @@ test("pushes: to a room in the room, to everyone or to one user in Notifications
   assert.deepEqual(dm, [{ author: "bob", text: "psst, ann" }, { author: "ann", text: "got it (tab 2)" }]);
 
   const all = await post("/push", { all: true, text: "maintenance at 17:00" });
-  assert.equal(all.json.delivered, 2);
+  checkDelivered(all.json, 2, "to all: ann and bob");
   for (const page of [pages.ann, pages.bob]) {
     await page.locator("#toast", { hasText: "maintenance at 17:00" }).waitFor();
     await page.locator("#notices-item .badge", { hasText: "1" }).waitFor();
@@ -406,7 +540,7 @@ test("pushes: to a room in the room, to everyone or to one user in Notifications
 
   // To one user: bob only; the toast opens Notifications.
   const one = await post("/push", { user: "bob", text: "your build is green", from: "ci" });
-  assert.equal(one.json.delivered, 1);
+  checkDelivered(one.json, 1, "to bob");
   await pages.bob.locator("#toast", { hasText: "your build is green" }).click();
   await pages.bob.locator("#view-title", { hasText: "Notifications" }).waitFor();
   assert.deepEqual(await rows(pages.bob), [
@@ -420,12 +554,15 @@ test("pushes: to a room in the room, to everyone or to one user in Notifications
 
   const refused = await post("/push", { all: true, text: "x" }, "wrong-token");
   assert.equal(refused.status, TOKEN ? 401 : 200);
+  await checkApart("pushes");
 });
 
 test("a reload reconnects as the same user and shows the history", { timeout: TEST }, async () => {
   await pages.bob.reload({ timeout: STEP });
   await online(pages.bob);
   await pages.bob.locator("#me-name", { hasText: "bob" }).waitFor();
+  // A new socket: maybe on ann's loop now. If so, reloads until it is not.
+  await placeApart(pages.bob, pages.ann, "bob");
   const rust = pages.bob.locator('#rooms li[data-room="rust"].joined');
   await rust.waitFor();
   await rust.click();
@@ -438,6 +575,7 @@ test("a reload reconnects as the same user and shows the history", { timeout: TE
   await waitForRow(pages.ann, "bob", "back after a reload");
   const annSystem = (await rows(pages.ann)).filter((r) => r.system).map((r) => r.system);
   assert.deepEqual(annSystem, ["bob joined"]);
+  await checkApart("a reload");
 });
 
 test("screenshot at 1280×800", { timeout: TEST }, async () => {
@@ -449,6 +587,7 @@ test("screenshot at 1280×800", { timeout: TEST }, async () => {
   await checkLayout(pages.ann, "Looks tidy.", "#rust");
   await pages.ann.screenshot({ path: path.join(SHOTS, "chat-1280.png") });
   await copyFile(path.join(SHOTS, "chat-1280.png"), SCREENSHOT);
+  await checkApart("a message before the screenshot");
 });
 
 test("leaving a room", { timeout: TEST }, async () => {
@@ -470,6 +609,7 @@ test("on a phone (390×844): full-width conversation, rooms and members behind t
   pages.cleo = await open(await person(PHONE), BASE);
   const cleo = pages.cleo;
   await signIn(cleo, "cleo");
+  await placeApart(cleo, pages.bob, "cleo"); // she writes to bob below
   await waitForRow(cleo, "ci", newest);
   // Both panels are folded away; the conversation has the whole width.
   assert.equal(await cleo.locator("#side").isVisible(), false);
@@ -518,6 +658,7 @@ test("on a phone (390×844): full-width conversation, rooms and members behind t
   await cleo.screenshot({ path: path.join(SHOTS, "chat-390-rooms.png") });
   await cleo.click("#scrim", { position: { x: PHONE.width - 20, y: PHONE.height / 2 } });
   await cleo.locator("#side").waitFor({ state: "hidden" });
+  await checkApart("a phone (cleo) and bob", cleo, pages.bob);
 });
 
 test("the layout holds from 360 to 2560 px wide", { timeout: TEST }, async () => {
@@ -611,8 +752,11 @@ test("sign out, then sign in with the same name at once", { timeout: TEST }, asy
   assert.deepEqual(await ann.$$eval("#rooms li.joined", (els) => els.map((e) => e.dataset.room)), ["lobby"]);
   assert.equal(await ann.locator("#dms li[data-peer]").count(), 0);
   await pages.bob.locator("#members li", { hasText: "ann" }).waitFor();
+  // Her new socket may be on bob's loop: reloads until it is not.
+  if (await placeApart(ann, pages.bob, "ann")) await ann.locator("#view-title", { hasText: "# lobby" }).waitFor();
   await say(ann, "back, as a new ann");
   await waitForRow(pages.bob, "ann", "back, as a new ann");
+  await checkApart("sign out, sign in again");
 });
 
 test("after a server restart the page reconnects with backoff and rejoins its rooms", { timeout: 90_000, skip: !process.env.CHAT_BIN && "CHAT_BIN not set" }, async () => {
@@ -693,6 +837,7 @@ test("over https, the page's socket is wss:// and a message goes from one person
   try {
     await signIn(una, "una");
     await signIn(vic, "vic");
+    await placeApart(vic, una, "vic");
     for (const [who, page, at] of [["una", una, BASE], ["vic", vic, ALT]]) {
       assert.equal(await page.evaluate(() => location.protocol), "https:", who);
       const shakes = handshakes.get(page);
@@ -715,6 +860,7 @@ test("over https, the page's socket is wss:// and a message goes from one person
     await waitForRow(vic, "una", "hello over wss from una");
     await say(vic, "and back over wss, vic");
     await waitForRow(una, "vic", "and back over wss, vic");
+    await checkApart("over https (una and vic)", una, vic);
   } finally {
     // Out again, so they are nobody's business afterwards.
     for (const page of [una, vic]) {
@@ -741,4 +887,11 @@ test("every socket that got a 101 negotiated permessage-deflate", () => {
 test("no script errors, no CSP violations, no dialogs", () => {
   assert.deepEqual(pageErrors, []);
   assert.deepEqual(dialogs, []);
+});
+
+test("A and B were on two loops (or servers) in every two-person case", { skip: !SPREAD && "one server with one loop" }, (t) => {
+  for (const p of placements) t.diagnostic(`${p.what}: A on ${p.a}, B on ${p.b}`);
+  for (const m of moves) t.diagnostic(`placing ${m.who}: ${m.reloads} reload${m.reloads === 1 ? "" : "s"}, ${m.took} ms`);
+  assert.ok(placements.length >= (TLS ? 10 : 9), `only ${placements.length} cases got to the end`);
+  for (const p of placements) assert.notEqual(p.a, p.b, `${p.what}: A and B on one loop`);
 });
