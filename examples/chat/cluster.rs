@@ -1,0 +1,612 @@
+//! The chat's state across nodes, in Redis (cargo feature `redis`, `chat --redis URL`).
+//!
+//! Frames between nodes go through the library's `RedisBroker` (room and user topics); this
+//! file keeps what the nodes must agree on, as plain Redis keys under `chat:`:
+//!
+//! | key | what | lifetime |
+//! | --- | --- | --- |
+//! | `chat:name:LOWER` | `ID\tNAME`: who holds a name | `presence_ttl`, refreshed |
+//! | `chat:user:ID` | the user's name (a DM by id from another node) | `presence_ttl`, refreshed |
+//! | `chat:session:TOKEN` | `ID\tNAME`: a tab with the token on any node is that user | `session_ttl` |
+//! | `chat:gone:ID` | the user signed out: its tabs on other nodes close | 60 s |
+//! | `chat:members:ROOM` | sorted set of `ID\tNAME`, score = expiry (ms) | refreshed |
+//! | `chat:history:ROOM` | the last `history` messages (JSON) | kept |
+//! | `chat:rooms` | every room that had a member (for the sweep) | kept |
+//! | `chat:instance` | the cluster's `instance` (see `welcome`) | kept |
+//!
+//! Names never hold a tab or a control character (`rules::check_name`), so `\t` separates.
+//!
+//! Calls are synchronous, from the loops, under the state's lock, so they are kept to cold
+//! paths (connect, join, leave, the periodic refresh) and each is one pipeline. Every
+//! command has a 200 ms timeout; after a failure, and while the broker reports Redis down,
+//! nothing is tried (the chat falls back to what the node knows) until Redis is back or a
+//! second has passed. History appends, the one write on the hot path (`say`), go to a
+//! writer thread through a bounded queue: a loop never waits for them.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use redis::{Client, Connection, RedisResult};
+use serde_json::Value;
+
+use super::rules::now_ms;
+
+/// Connect, read and write timeout of every Redis command a loop makes.
+const TIMEOUT: Duration = Duration::from_millis(200);
+/// After a failed command, how long the loops leave Redis alone.
+const RETRY: Duration = Duration::from_secs(1);
+/// History appends waiting for the writer thread; more are dropped (counted).
+const HISTORY_QUEUE: usize = 4096;
+/// Most appends in one pipeline of the writer thread.
+const HISTORY_BATCH: usize = 256;
+/// How long a sign-out is remembered for the user's tabs on other nodes.
+const GONE_TTL: Duration = Duration::from_secs(60);
+
+/// Takes a name for a user: free, or already this user's (its id before the tab), and
+/// (re)sets its TTL. 1 if taken now, 0 if another user holds it, or if this user signed out
+/// (a node's refresh racing the sign-out on another node must not take the name back).
+const CLAIM: &str = "if redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
+local v = redis.call('GET', KEYS[1])
+if v == false or string.sub(v, 1, #ARGV[3] + 1) == ARGV[3] .. '\t' then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  redis.call('SET', KEYS[2], ARGV[4], 'PX', ARGV[2])
+  return 1
+end
+return 0";
+
+/// Frees a name if this user still holds it.
+const RELEASE: &str = "local v = redis.call('GET', KEYS[1])
+if v and string.sub(v, 1, #ARGV[1] + 1) == ARGV[1] .. '\t' then
+  return redis.call('DEL', KEYS[1])
+end
+return 0";
+
+/// Removes a room member if its expiry is past: 1 if this call removed it.
+const EXPIRE: &str = "local s = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if s and tonumber(s) <= tonumber(ARGV[2]) then
+  return redis.call('ZREM', KEYS[1], ARGV[1])
+end
+return 0";
+
+/// A user of this node as the refresh sees it.
+pub(super) struct Present<'a> {
+    pub(super) id: &'a str,
+    pub(super) name: &'a str,
+    pub(super) token: &'a str,
+    pub(super) rooms: Vec<&'a str>,
+}
+
+/// A room as Redis has it.
+pub(super) struct RoomView {
+    /// Members on every node, `(id, name)`, unsorted.
+    pub(super) members: Vec<(String, String)>,
+    /// The last messages, oldest first.
+    pub(super) history: Vec<Value>,
+}
+
+/// The state layer's counters, for `/stats` and `/metrics`.
+#[derive(Default, Clone, Copy)]
+pub(super) struct Counters {
+    /// Round trips made by the loops (pipelines count once).
+    pub(super) round_trips: u64,
+    /// Of those, the ones that failed (timeout, connection lost, error).
+    pub(super) failures: u64,
+    /// Operations skipped because Redis was down: the node used what it knows.
+    pub(super) skipped: u64,
+    /// History appends dropped: queue full, or the writer could not reach Redis.
+    pub(super) history_drops: u64,
+}
+
+/// The Redis state of one node (process): one connection, used by whichever loop holds the
+/// state's lock, and the history writer thread.
+pub(super) struct Redis {
+    client: Client,
+    conn: Option<Connection>,
+    /// The broker says Redis is down: nothing is tried until it says Up.
+    down: bool,
+    /// A command failed: nothing is tried before then.
+    retry_at: Option<Instant>,
+    history: SyncSender<(String, String)>,
+    history_drops: Arc<AtomicU64>,
+    counters: Counters,
+    /// This node's name (`--node`), in `/stats`.
+    node: String,
+}
+
+impl Redis {
+    /// The state layer for the Redis at `url`; `history` messages are kept per room. Does
+    /// not connect yet (a Redis that is not up is tried again later).
+    pub(super) fn new(url: &str, node: String, history: usize) -> Result<Redis, String> {
+        let client = Client::open(url).map_err(|e| format!("--redis {url:?}: {e}"))?;
+        let (tx, rx) = sync_channel(HISTORY_QUEUE);
+        let drops = Arc::new(AtomicU64::new(0));
+        let writer = (client.clone(), Arc::clone(&drops));
+        thread::Builder::new()
+            .name("chat-history".into())
+            .spawn(move || write_history(&writer.0, &rx, history, &writer.1))
+            .map_err(|e| format!("cannot start the history writer: {e}"))?;
+        Ok(Redis {
+            client,
+            conn: None,
+            down: false,
+            retry_at: None,
+            history: tx,
+            history_drops: drops,
+            counters: Counters::default(),
+            node,
+        })
+    }
+
+    pub(super) fn node(&self) -> &str {
+        &self.node
+    }
+
+    pub(super) fn counters(&self) -> Counters {
+        Counters {
+            history_drops: self.history_drops.load(Ordering::Relaxed),
+            ..self.counters
+        }
+    }
+
+    /// Whether Redis is usable as far as this node knows.
+    pub(super) fn is_up(&self) -> bool {
+        !self.down && self.retry_at.is_none_or(|at| Instant::now() >= at)
+    }
+
+    /// What the broker said: down, or back (tried again at once).
+    pub(super) fn set_down(&mut self, down: bool) {
+        self.down = down;
+        if down {
+            // Its connection went with Redis (a restarted Redis is a new one).
+            self.conn = None;
+        } else {
+            self.retry_at = None;
+        }
+    }
+
+    /// Runs one round trip, or `None` if Redis is down or it failed (then logged, counted,
+    /// and Redis left alone for `RETRY`).
+    fn run<T>(
+        &mut self,
+        what: &str,
+        f: impl FnOnce(&mut Connection) -> RedisResult<T>,
+    ) -> Option<T> {
+        if !self.is_up() {
+            self.counters.skipped += 1;
+            return None;
+        }
+        self.counters.round_trips += 1;
+        let result = match self.conn.take() {
+            Some(conn) => Ok(conn),
+            None => connect(&self.client),
+        }
+        .and_then(|mut conn| {
+            let v = f(&mut conn)?;
+            self.conn = Some(conn);
+            Ok(v)
+        });
+        match result {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.counters.failures += 1;
+                self.conn = None;
+                self.retry_at = Some(Instant::now() + RETRY);
+                log::warn!("redis: {what} failed ({e}); using this node's state for {RETRY:?}");
+                None
+            }
+        }
+    }
+
+    /// The cluster's instance id: the first node's `mine`, kept in Redis.
+    pub(super) fn instance(&mut self, mine: &str) -> Option<String> {
+        self.run("instance", |c| {
+            redis::pipe()
+                .cmd("SET")
+                .arg("chat:instance")
+                .arg(mine)
+                .arg("NX")
+                .ignore()
+                .cmd("GET")
+                .arg("chat:instance")
+                .query::<(String,)>(c)
+        })
+        .map(|(v,)| v)
+    }
+
+    /// Takes `name` for user `id` for `ttl` (or keeps it: the same user). `Some(false)`: another
+    /// user holds it.
+    pub(super) fn claim_name(&mut self, id: &str, name: &str, ttl: Duration) -> Option<bool> {
+        self.run("claim a name", |c| {
+            claim(&mut redis::pipe(), id, name, ttl).query::<(i64,)>(c)
+        })
+        .map(|(n,)| n == 1)
+    }
+
+    /// Frees `name` if user `id` holds it.
+    pub(super) fn release_name(&mut self, id: &str, name: &str) {
+        self.run("release a name", |c| {
+            redis::cmd("EVAL")
+                .arg(RELEASE)
+                .arg(1)
+                .arg(name_key(name))
+                .arg(id)
+                .query::<i64>(c)
+        });
+    }
+
+    /// The user a token belongs to: `Some(None)` if none.
+    pub(super) fn find_session(&mut self, token: &str) -> Option<Option<(String, String)>> {
+        self.run("find a session", |c| {
+            redis::cmd("GET")
+                .arg(format!("chat:session:{token}"))
+                .query::<Option<String>>(c)
+        })
+        .map(|v| v.as_deref().and_then(split))
+    }
+
+    pub(super) fn save_session(&mut self, token: &str, id: &str, name: &str, ttl: Duration) {
+        self.run("save a session", |c| {
+            session(&mut redis::pipe(), token, id, name, ttl).query::<()>(c)
+        });
+    }
+
+    /// The user signed out: the token is no longer valid anywhere, the name is free, and the
+    /// other nodes close its tabs (they see `chat:gone:ID` at their next refresh).
+    pub(super) fn sign_out(&mut self, token: &str, id: &str, name: &str) {
+        self.run("sign out", |c| {
+            redis::pipe()
+                .cmd("DEL")
+                .arg(format!("chat:session:{token}"))
+                .ignore()
+                .cmd("SET")
+                .arg(format!("chat:gone:{id}"))
+                .arg(1)
+                .arg("PX")
+                .arg(ms(GONE_TTL))
+                .ignore()
+                .cmd("EVAL")
+                .arg(RELEASE)
+                .arg(1)
+                .arg(name_key(name))
+                .arg(id)
+                .ignore()
+                .query::<()>(c)
+        });
+    }
+
+    /// A present user by id or name, on any node: `(id, name)`, or `Some(None)` if none.
+    pub(super) fn find_user(&mut self, who: &str) -> Option<Option<(String, String)>> {
+        self.run("find a user", |c| {
+            redis::pipe()
+                .cmd("GET")
+                .arg(format!("chat:user:{who}"))
+                .cmd("GET")
+                .arg(name_key(who))
+                .query::<(Option<String>, Option<String>)>(c)
+        })
+        .map(|(by_id, by_name)| match (by_id, by_name) {
+            (Some(name), _) => Some((who.to_owned(), name)),
+            (None, Some(v)) => split(&v),
+            (None, None) => None,
+        })
+    }
+
+    /// A user is in `room` until `ttl` from now (unless refreshed): `Some(true)` if it was
+    /// not a member on any node, so its arrival is news.
+    pub(super) fn join_room(
+        &mut self,
+        room: &str,
+        id: &str,
+        name: &str,
+        ttl: Duration,
+    ) -> Option<bool> {
+        self.run("join a room", |c| {
+            redis::pipe()
+                .cmd("ZADD")
+                .arg(members_key(room))
+                .arg(now_ms() + ms(ttl))
+                .arg(member(id, name))
+                .cmd("SADD")
+                .arg("chat:rooms")
+                .arg(room)
+                .ignore()
+                .query::<(i64,)>(c)
+        })
+        .map(|(n,)| n == 1)
+    }
+
+    /// A user left `room`: `Some(true)` if this call removed it (so this node announces it).
+    pub(super) fn leave_room(&mut self, room: &str, id: &str, name: &str) -> Option<bool> {
+        self.run("leave a room", |c| {
+            redis::cmd("ZREM")
+                .arg(members_key(room))
+                .arg(member(id, name))
+                .query::<i64>(c)
+        })
+        .map(|n| n == 1)
+    }
+
+    /// Whether a room exists on any node (has had members).
+    pub(super) fn room_exists(&mut self, room: &str) -> Option<bool> {
+        self.run("look up a room", |c| {
+            redis::cmd("SISMEMBER")
+                .arg("chat:rooms")
+                .arg(room)
+                .query::<i64>(c)
+        })
+        .map(|n| n == 1)
+    }
+
+    /// A room's members on every node, `(id, name)`, and its last `history` messages.
+    pub(super) fn room(&mut self, room: &str, history: usize) -> Option<RoomView> {
+        let (members, items) = self.run("read a room", |c| {
+            redis::pipe()
+                .cmd("ZRANGEBYSCORE")
+                .arg(members_key(room))
+                .arg(now_ms())
+                .arg("+inf")
+                .cmd("LRANGE")
+                .arg(history_key(room))
+                .arg(-(history.max(1) as i64))
+                .arg(-1)
+                .query::<(Vec<String>, Vec<String>)>(c)
+        })?;
+        let members = members.iter().filter_map(|m| split(m)).collect();
+        let items = if history == 0 {
+            Vec::new()
+        } else {
+            items
+                .iter()
+                .filter_map(|s| serde_json::from_str(s).ok())
+                .collect()
+        };
+        Some(RoomView {
+            members,
+            history: items,
+        })
+    }
+
+    /// Members now of each room, on every node.
+    pub(super) fn counts(&mut self, rooms: &[String]) -> Option<Vec<usize>> {
+        self.run("count members", |c| {
+            let now = now_ms();
+            let mut p = redis::pipe();
+            for room in rooms {
+                p.cmd("ZCOUNT").arg(members_key(room)).arg(now).arg("+inf");
+            }
+            p.query::<Vec<usize>>(c)
+        })
+    }
+
+    /// Hands a room message to the writer thread (never waits).
+    pub(super) fn append_history(&mut self, room: &str, encoded: String) {
+        match self.history.try_send((room.to_owned(), encoded)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.history_drops.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Which of these users signed out on another node (`chat:gone:ID`): their tabs here
+    /// close. Asked before the refresh, which would otherwise bring them back.
+    pub(super) fn gone(&mut self, ids: &[&str]) -> Option<Vec<bool>> {
+        if ids.is_empty() {
+            return Some(Vec::new());
+        }
+        self.run("look for sign-outs", |c| {
+            let mut p = redis::pipe();
+            for id in ids {
+                p.cmd("EXISTS").arg(format!("chat:gone:{id}"));
+            }
+            p.query::<Vec<i64>>(c)
+        })
+        .map(|v| v.into_iter().map(|n| n == 1).collect())
+    }
+
+    /// Keeps this node's present users alive in Redis for `ttl` more (names, sessions, room
+    /// memberships), in one pipeline; after a Redis restart, this puts them back.
+    pub(super) fn refresh(&mut self, users: &[Present<'_>], ttl: Duration, session_ttl: Duration) {
+        if users.is_empty() {
+            return;
+        }
+        self.run("refresh", |c| {
+            let expiry = now_ms() + ms(ttl);
+            let mut p = redis::pipe();
+            for u in users {
+                // A name another user took meanwhile (it expired while Redis was away) stays
+                // theirs: the claim fails, and this user keeps it on this node only.
+                claim(&mut p, u.id, u.name, ttl).ignore();
+                session(&mut p, u.token, u.id, u.name, session_ttl).ignore();
+                for room in &u.rooms {
+                    p.cmd("ZADD")
+                        .arg(members_key(room))
+                        .arg(expiry)
+                        .arg(member(u.id, u.name))
+                        .ignore();
+                    p.cmd("SADD").arg("chat:rooms").arg(*room).ignore();
+                }
+            }
+            p.query::<()>(c)
+        });
+    }
+
+    /// Removes expired room members (their node stopped refreshing them: it died or lost
+    /// Redis) and returns those this call removed, `(room, id, name)`: this node announces
+    /// them; a node sweeping at the same moment gets 0 from its ZREM and does not.
+    pub(super) fn sweep(&mut self) -> Option<Vec<(String, String, String)>> {
+        let now = now_ms();
+        let rooms: Vec<String> = self.run("list rooms", |c| {
+            redis::cmd("SMEMBERS").arg("chat:rooms").query(c)
+        })?;
+        if rooms.is_empty() {
+            return Some(Vec::new());
+        }
+        let expired: Vec<Vec<String>> = self.run("find expired members", |c| {
+            let mut p = redis::pipe();
+            for room in &rooms {
+                p.cmd("ZRANGEBYSCORE")
+                    .arg(members_key(room))
+                    .arg("-inf")
+                    .arg(now);
+            }
+            p.query(c)
+        })?;
+        let candidates: Vec<(&String, String)> = rooms
+            .iter()
+            .zip(expired)
+            .flat_map(|(room, ms)| ms.into_iter().map(move |m| (room, m)))
+            .collect();
+        if candidates.is_empty() {
+            return Some(Vec::new());
+        }
+        let removed: Vec<i64> = self.run("remove expired members", |c| {
+            let mut p = redis::pipe();
+            for (room, m) in &candidates {
+                // Only if still expired: refreshed meanwhile, it stays.
+                p.cmd("EVAL")
+                    .arg(EXPIRE)
+                    .arg(1)
+                    .arg(members_key(room))
+                    .arg(m)
+                    .arg(now);
+            }
+            p.query::<Vec<i64>>(c)
+        })?;
+        Some(
+            candidates
+                .iter()
+                .zip(removed)
+                .filter(|(_, n)| *n == 1)
+                .filter_map(|((room, m), _)| split(m).map(|(id, name)| ((*room).clone(), id, name)))
+                .collect(),
+        )
+    }
+}
+
+/// Connects with short timeouts, so a Redis that hangs costs a loop 200 ms once, not more.
+fn connect(client: &Client) -> RedisResult<Connection> {
+    let conn = client.get_connection_with_timeout(TIMEOUT)?;
+    conn.set_read_timeout(Some(TIMEOUT))?;
+    conn.set_write_timeout(Some(TIMEOUT))?;
+    Ok(conn)
+}
+
+/// The writer thread: appends room messages to their history (RPUSH + LTRIM), a batch per
+/// pipeline. What it cannot write (Redis down) is dropped and counted: the node keeps its
+/// own history, and the page resyncs when Redis is back.
+fn write_history(
+    client: &Client,
+    queue: &Receiver<(String, String)>,
+    keep: usize,
+    drops: &AtomicU64,
+) {
+    let mut conn: Option<Connection> = None;
+    let mut retry_at = Instant::now();
+    while let Ok(first) = queue.recv() {
+        let mut batch = vec![first];
+        while batch.len() < HISTORY_BATCH {
+            match queue.try_recv() {
+                Ok(item) => batch.push(item),
+                Err(_) => break,
+            }
+        }
+        if keep == 0 {
+            continue;
+        }
+        if conn.is_none() && Instant::now() >= retry_at {
+            conn = connect(client).ok();
+        }
+        let Some(c) = &mut conn else {
+            drops.fetch_add(batch.len() as u64, Ordering::Relaxed);
+            continue;
+        };
+        let mut p = redis::pipe();
+        for (room, encoded) in &batch {
+            p.cmd("RPUSH").arg(history_key(room)).arg(encoded).ignore();
+            p.cmd("LTRIM")
+                .arg(history_key(room))
+                .arg(-(keep as i64))
+                .arg(-1)
+                .ignore();
+        }
+        if let Err(e) = p.query::<()>(c) {
+            log::warn!(
+                "redis: history append failed ({e}); {} messages not kept",
+                batch.len()
+            );
+            drops.fetch_add(batch.len() as u64, Ordering::Relaxed);
+            conn = None;
+            retry_at = Instant::now() + RETRY;
+        }
+    }
+}
+
+fn claim<'p>(
+    p: &'p mut redis::Pipeline,
+    id: &str,
+    name: &str,
+    ttl: Duration,
+) -> &'p mut redis::Pipeline {
+    p.cmd("EVAL")
+        .arg(CLAIM)
+        .arg(3)
+        .arg(name_key(name))
+        .arg(format!("chat:user:{id}"))
+        .arg(format!("chat:gone:{id}"))
+        .arg(member(id, name))
+        .arg(ms(ttl))
+        .arg(id)
+        .arg(name)
+}
+
+fn session<'p>(
+    p: &'p mut redis::Pipeline,
+    token: &str,
+    id: &str,
+    name: &str,
+    ttl: Duration,
+) -> &'p mut redis::Pipeline {
+    p.cmd("SET")
+        .arg(format!("chat:session:{token}"))
+        .arg(member(id, name))
+        .arg("PX")
+        .arg(ms(ttl))
+}
+
+fn name_key(name: &str) -> String {
+    format!("chat:name:{}", name.to_lowercase())
+}
+
+fn members_key(room: &str) -> String {
+    format!("chat:members:{room}")
+}
+
+fn history_key(room: &str) -> String {
+    format!("chat:history:{room}")
+}
+
+fn member(id: &str, name: &str) -> String {
+    format!("{id}\t{name}")
+}
+
+/// `ID\tNAME` → `(ID, NAME)`.
+fn split(v: &str) -> Option<(String, String)> {
+    v.split_once('\t')
+        .map(|(id, name)| (id.to_owned(), name.to_owned()))
+}
+
+fn ms(d: Duration) -> u64 {
+    d.as_millis().max(1) as u64
+}
+
+/// `config` with the library's Redis broker: topics (rooms, users, `signed-in`) reach the
+/// subscribers of every node. Channels are `chat:TOPIC` (apart from the keys above: Redis
+/// keeps channels and keys apart).
+pub(super) fn with_broker(url: &str, config: wshub::Config) -> Result<wshub::Config, String> {
+    let broker = wshub::RedisBroker::new(url).map_err(|e| format!("--redis {url:?}: {e}"))?;
+    Ok(config.broker(broker.with_prefix("chat:")))
+}

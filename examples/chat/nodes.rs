@@ -1,0 +1,278 @@
+//! The chat as one node of several (`--redis URL`): joining the cluster, the periodic
+//! refresh and sweep (loop 0's `TIMER_CLUSTER`), and what the node does when the broker
+//! loses Redis and gets it back. The Redis calls themselves are in `cluster.rs`; the rules
+//! in `state.rs`, `rooms.rs`, `requests.rs` and `http.rs` ask it through `State::cluster`
+//! where the nodes must agree (names, sessions, members, history), and fall back to what
+//! this node knows when it answers `None` (Redis down).
+
+use serde_json::{Value, json};
+use wshub::{BrokerEvent, BrokerStats, Config, Ctx, Frame, Handle};
+
+use super::cluster::{self, Present, Redis};
+use super::http::Exposition;
+use super::rules::random_hex;
+use super::state::{Presence, State};
+use super::{Conn, room_topic};
+
+/// A topic nobody subscribes to (see `BrokerEvent::Down`).
+const PROBE: &str = "probe";
+
+impl State {
+    /// Makes this state a node of the cluster on the Redis at `url`: the state layer, the
+    /// cluster's `instance`, and `config` with the broker.
+    pub(super) fn join_cluster(&mut self, url: &str, config: Config) -> Result<Config, String> {
+        let node = match &self.opts.node {
+            Some(node) => node.clone(),
+            None => random_hex(4).map_err(|e| format!("no random node name: {e}"))?,
+        };
+        let mut redis = Redis::new(url, node, self.opts.history)?;
+        // One instance for the whole cluster, so that a page reconnecting to another node
+        // does not take it for a restarted server (and forget which messages it showed).
+        if let Some(instance) = redis.instance(&self.instance) {
+            self.instance = instance;
+        } else {
+            log::warn!("redis is not reachable yet: this node starts on its own");
+        }
+        let config = cluster::with_broker(url, config)?;
+        self.cluster = Some(redis);
+        Ok(config)
+    }
+
+    /// Loop 0, every third of `presence_ttl`: closes the tabs of users who signed out on
+    /// another node, keeps this node's users alive in Redis, and announces the members of
+    /// dead nodes leaving.
+    pub(super) fn cluster_tick(&mut self, ctx: &mut Ctx<'_, Conn>) {
+        let Some(redis) = self.cluster.as_mut() else {
+            return;
+        };
+        let present: Vec<(u64, &str)> = (self.users.iter())
+            .filter(|(_, u)| !matches!(u.presence, Presence::Offline(_)))
+            .map(|(&key, u)| (key, u.id.as_str()))
+            .collect();
+        let ids: Vec<&str> = present.iter().map(|(_, id)| *id).collect();
+        let gone: Vec<u64> = match redis.gone(&ids) {
+            Some(flags) => (present.iter().zip(flags))
+                .filter(|(_, g)| *g)
+                .map(|((key, _), _)| *key)
+                .collect(),
+            None => Vec::new(),
+        };
+        for key in gone {
+            log::info!("user {key} signed out on another node: closing its tabs here");
+            self.sign_out(ctx, key);
+        }
+        self.refresh();
+        self.sweep(ctx);
+    }
+
+    /// This node's present users, their names and rooms, alive in Redis for another
+    /// `presence_ttl`.
+    fn refresh(&mut self) {
+        let Some(redis) = self.cluster.as_mut() else {
+            return;
+        };
+        let present: Vec<Present<'_>> = (self.users.values())
+            .filter(|u| !matches!(u.presence, Presence::Offline(_)))
+            .map(|u| Present {
+                id: &u.id,
+                name: &u.name,
+                token: &u.token,
+                rooms: u.rooms.iter().map(String::as_str).collect(),
+            })
+            .collect();
+        redis.refresh(&present, self.opts.presence_ttl, self.opts.session_ttl);
+    }
+
+    /// Members whose node stopped refreshing them leave their rooms: this node tells the
+    /// rooms (on every node, through the room's topic) for those its sweep removed.
+    fn sweep(&mut self, ctx: &mut Ctx<'_, Conn>) {
+        let Some(expired) = self.cluster.as_mut().and_then(Redis::sweep) else {
+            return;
+        };
+        for (room, id, name) in expired {
+            log::info!("{name} ({id}) left {room}: its node stopped refreshing it");
+            let from = json!({ "id": id, "name": name });
+            let v = self.stamp("presence", from, json!({ "event": "leave", "room": room }));
+            ctx.publish(&room_topic(&room), &Frame::text(&v.to_string()));
+        }
+    }
+
+    /// The broker lost Redis or has it back (on every loop, each for its own tabs).
+    ///
+    /// While down, the nodes go on alone: local users chat, nothing crosses, and Redis is
+    /// not asked. Back with a gap, Redis may have lost everything (a restart) and frames
+    /// were missed both ways: the first loop to hear it puts this node's users back into
+    /// Redis, and each loop tells its tabs (`resync`) and sends them their rooms again
+    /// (`joined`, with the history as Redis has it), so nothing goes silently missing.
+    pub(super) fn broker_event(&mut self, ctx: &mut Ctx<'_, Conn>, event: BrokerEvent) {
+        let Some(redis) = self.cluster.as_mut() else {
+            return;
+        };
+        match event {
+            BrokerEvent::Down => {
+                if redis.is_up() {
+                    log::warn!("redis is down: this node goes on alone");
+                    // The broker's publishing connection finds out that Redis is gone only
+                    // when it next publishes; a node that says nothing during the outage
+                    // would lose the first frame after it (sent on the dead connection).
+                    // An empty frame to a topic nobody follows makes it find out now, and
+                    // so reconnect as soon as Redis is back.
+                    ctx.publish(PROBE, &Frame::text(""));
+                }
+                redis.set_down(true);
+                self.lost_redis = true;
+            }
+            BrokerEvent::Up { gap } => {
+                redis.set_down(false);
+                if std::mem::take(&mut self.lost_redis) {
+                    log::info!("redis is back: putting this node's users back");
+                    self.refresh();
+                }
+                if gap {
+                    self.resync_tabs(ctx);
+                }
+            }
+        }
+    }
+
+    /// `resync`, then `joined` for each room, to every tab of this loop.
+    fn resync_tabs(&mut self, ctx: &mut Ctx<'_, Conn>) {
+        let me = ctx.loop_index();
+        let users: Vec<u64> = (self.users.iter())
+            .filter(|(_, u)| u.conns.iter().any(|&id| self.loop_of(id) == me))
+            .map(|(&key, _)| key)
+            .collect();
+        for key in users {
+            let rooms: Vec<String> = self.users[&key].rooms.iter().cloned().collect();
+            let v = self.stamp(
+                "resync",
+                "server".into(),
+                json!({ "rooms": rooms, "reason": "the servers lost touch for a while: rooms are sent again" }),
+            );
+            self.send_to_tabs_here(ctx, key, &Frame::text(&v.to_string()));
+            for room in rooms {
+                let frame = self.room_state(&room);
+                self.send_to_tabs_here(ctx, key, &frame);
+            }
+        }
+    }
+}
+
+// ----- /stats and /metrics -----
+
+impl State {
+    /// `node` in `/stats`: null for a chat of one node.
+    pub(super) fn node_stats(&self) -> Value {
+        let Some(redis) = &self.cluster else {
+            return Value::Null;
+        };
+        let b = self.broker_stats();
+        let c = redis.counters();
+        json!({
+            "name": redis.node(),
+            "redis_up": redis.is_up(),
+            "broker": {
+                "connected": b.connected,
+                "published": b.published,
+                "publish_failures": b.publish_failures,
+                "queue_overflows": b.queue_overflows,
+                "received": b.received,
+                "receive_drops": b.receive_drops,
+                "reconnects": b.reconnects,
+                "subscriptions": b.subscriptions,
+            },
+            "state": {
+                "round_trips": c.round_trips,
+                "failures": c.failures,
+                "skipped": c.skipped,
+                "history_drops": c.history_drops,
+            },
+        })
+    }
+
+    /// The same for Prometheus: nothing for a chat of one node.
+    pub(super) fn node_metrics(&self, m: &mut Exposition) {
+        let Some(redis) = &self.cluster else {
+            return;
+        };
+        let b = self.broker_stats();
+        let c = redis.counters();
+        m.gauge_by(
+            "chat_node_info",
+            "This node of the cluster (--node), always 1.",
+            "node",
+            &[(redis.node().to_owned(), 1)],
+        );
+        m.gauge(
+            "wshub_broker_connected",
+            "1 while the broker is connected to Redis both ways.",
+            usize::from(b.connected),
+        );
+        m.gauge(
+            "wshub_broker_subscriptions",
+            "Topics the broker is subscribed to for this node.",
+            b.subscriptions,
+        );
+        let counters = [
+            (
+                "wshub_broker_published_total",
+                "Frames handed to the other nodes.",
+                b.published,
+            ),
+            (
+                "wshub_broker_publish_failures_total",
+                "Frames that could not be handed to the other nodes.",
+                b.publish_failures,
+            ),
+            (
+                "wshub_broker_queue_overflows_total",
+                "Frames refused because the broker's queue was full.",
+                b.queue_overflows,
+            ),
+            (
+                "wshub_broker_received_total",
+                "Frames received from other nodes and delivered here.",
+                b.received,
+            ),
+            (
+                "wshub_broker_receive_drops_total",
+                "Frames from other nodes this node could not take.",
+                b.receive_drops,
+            ),
+            (
+                "wshub_broker_reconnects_total",
+                "Times the broker connected to Redis again.",
+                b.reconnects,
+            ),
+            (
+                "chat_redis_round_trips_total",
+                "Round trips to Redis made by the loops (a pipeline is one).",
+                c.round_trips,
+            ),
+            (
+                "chat_redis_failures_total",
+                "Round trips to Redis that failed (timeout, connection lost).",
+                c.failures,
+            ),
+            (
+                "chat_redis_skipped_total",
+                "Redis operations skipped while it was down: the node used its own state.",
+                c.skipped,
+            ),
+            (
+                "chat_history_drops_total",
+                "Room messages not appended to the history in Redis.",
+                c.history_drops,
+            ),
+        ];
+        for (name, help, value) in counters {
+            m.counter(name, help, value);
+        }
+    }
+
+    fn broker_stats(&self) -> BrokerStats {
+        (self.handle.as_ref())
+            .and_then(Handle::broker_stats)
+            .unwrap_or_default()
+    }
+}
