@@ -229,6 +229,19 @@ fn a_dm_reaches_the_users_tabs_on_two_nodes() {
         "unknown_user",
     );
     all_quiet(&mut [&mut ann_a, &mut ann_b, &mut bob]);
+
+    // Her tab on node a closes: she is still in the lobby from node b, so that is no news.
+    let ann = ann_a.me();
+    ann_a.close();
+    all_quiet(&mut [&mut ann_b, &mut bob]);
+    assert_eq!(bob.join("lobby")["members"], json!([ann, bob.me()]));
+    // Her last tab closes: now she leaves, announced once.
+    ann_b.close();
+    assert_eq!(
+        bob.recv(),
+        json!({ "type": "presence", "from": ann, "event": "leave", "room": "lobby" })
+    );
+    assert_eq!(bob.recv_within(QUIET), None);
 }
 
 #[test]
@@ -276,6 +289,8 @@ fn a_name_taken_on_one_node_is_refused_on_another_and_free_after_sign_out() {
         "closed after {:?}",
         started.elapsed()
     );
+    // She left the lobby when her last node let her go: announced once, by node b.
+    assert_eq!(again.recv(), presence(&ann_a, "leave", "lobby"));
     // Her token is no longer valid on either node: with it, "Ann" is a new user, and the
     // name is the new ANN's.
     for node in &nodes {
@@ -290,8 +305,9 @@ fn a_name_taken_on_one_node_is_refused_on_another_and_free_after_sign_out() {
     // The new ANN signs out in turn: the name is free on node b at once.
     again.send(json!({ "type": "sign_out" }));
     assert_eq!(again.expect_close(), close::SIGNED_OUT);
-    let third = C::new(&nodes[1], "ann");
+    let mut third = C::new(&nodes[1], "ann");
     assert_ne!(third.id, again.id);
+    assert_eq!(third.recv_within(QUIET), None);
 }
 
 #[test]

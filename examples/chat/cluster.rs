@@ -64,12 +64,38 @@ if v and string.sub(v, 1, #ARGV[1] + 1) == ARGV[1] .. '\t' then
 end
 return 0";
 
-/// Removes a room member if its expiry is past: 1 if this call removed it.
-const EXPIRE: &str = "local s = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if s and tonumber(s) <= tonumber(ARGV[2]) then
-  return redis.call('ZREM', KEYS[1], ARGV[1])
+// Room members are entries `ID\tNAME\tNODE`, one per node the user is in the room from (a
+// user with tabs on two nodes has two), scored with their expiry. A user is in a room while
+// it has an unexpired entry; its arrival and departure are news only when its first entry
+// comes and its last one goes, which these scripts tell atomically.
+
+/// Whether another unexpired entry (score >= ARGV[2]) of the same user as ARGV[1] is left.
+const OTHERS: &str = "local function others(key, entry, now)
+  local id = string.match(entry, '^[^\t]*\t')
+  for _, m in ipairs(redis.call('ZRANGEBYSCORE', key, now, '+inf')) do
+    if m ~= entry and string.sub(m, 1, #id) == id then return true end
+  end
+  return false
 end
+";
+
+/// Adds or renews an entry (ARGV[1], expiry ARGV[3]): 1 if the user was not in the room.
+const ENTER: &str = "local new = redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
+if new == 1 and not others(KEYS[1], ARGV[1], ARGV[2]) then return 1 end
 return 0";
+
+/// Removes an entry: 1 if it was the user's last one.
+const EXIT: &str = "if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
+if others(KEYS[1], ARGV[1], ARGV[2]) then return 0 end
+return 1";
+
+/// Removes an entry if its expiry is past (its node stopped renewing it): 1 if this call
+/// removed it and it was the user's last one.
+const EXPIRE: &str = "local s = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not s or tonumber(s) > tonumber(ARGV[2]) then return 0 end
+redis.call('ZREM', KEYS[1], ARGV[1])
+if others(KEYS[1], ARGV[1], ARGV[2]) then return 0 end
+return 1";
 
 /// A user of this node as the refresh sees it.
 pub(super) struct Present<'a> {
@@ -142,6 +168,11 @@ impl Redis {
 
     pub(super) fn node(&self) -> &str {
         &self.node
+    }
+
+    /// This node's entry for a user in a room's members.
+    fn entry(&self, id: &str, name: &str) -> String {
+        format!("{id}\t{name}\t{}", self.node)
     }
 
     pub(super) fn counters(&self) -> Counters {
@@ -294,8 +325,8 @@ impl Redis {
         })
     }
 
-    /// A user is in `room` until `ttl` from now (unless refreshed): `Some(true)` if it was
-    /// not a member on any node, so its arrival is news.
+    /// A user is in `room` from this node until `ttl` from now (unless refreshed):
+    /// `Some(true)` if it was not a member from any node, so its arrival is news.
     pub(super) fn join_room(
         &mut self,
         room: &str,
@@ -303,12 +334,17 @@ impl Redis {
         name: &str,
         ttl: Duration,
     ) -> Option<bool> {
+        let entry = self.entry(id, name);
         self.run("join a room", |c| {
+            let now = now_ms();
             redis::pipe()
-                .cmd("ZADD")
+                .cmd("EVAL")
+                .arg(format!("{OTHERS}{ENTER}"))
+                .arg(1)
                 .arg(members_key(room))
-                .arg(now_ms() + ms(ttl))
-                .arg(member(id, name))
+                .arg(entry)
+                .arg(now)
+                .arg(now + ms(ttl))
                 .cmd("SADD")
                 .arg("chat:rooms")
                 .arg(room)
@@ -318,12 +354,17 @@ impl Redis {
         .map(|(n,)| n == 1)
     }
 
-    /// A user left `room`: `Some(true)` if this call removed it (so this node announces it).
+    /// A user left `room` from this node: `Some(true)` if it is no longer in it from any
+    /// node (so this node announces it).
     pub(super) fn leave_room(&mut self, room: &str, id: &str, name: &str) -> Option<bool> {
+        let entry = self.entry(id, name);
         self.run("leave a room", |c| {
-            redis::cmd("ZREM")
+            redis::cmd("EVAL")
+                .arg(format!("{OTHERS}{EXIT}"))
+                .arg(1)
                 .arg(members_key(room))
-                .arg(member(id, name))
+                .arg(entry)
+                .arg(now_ms())
                 .query::<i64>(c)
         })
         .map(|n| n == 1)
@@ -354,7 +395,7 @@ impl Redis {
                 .arg(-1)
                 .query::<(Vec<String>, Vec<String>)>(c)
         })?;
-        let members = members.iter().filter_map(|m| split(m)).collect();
+        let members = members.iter().filter_map(|m| split_entry(m)).collect();
         let items = if history == 0 {
             Vec::new()
         } else {
@@ -413,6 +454,7 @@ impl Redis {
         if users.is_empty() {
             return;
         }
+        let node = self.node.clone();
         self.run("refresh", |c| {
             let expiry = now_ms() + ms(ttl);
             let mut p = redis::pipe();
@@ -421,11 +463,14 @@ impl Redis {
                 // theirs: the claim fails, and this user keeps it on this node only.
                 claim(&mut p, u.id, u.name, ttl).ignore();
                 session(&mut p, u.token, u.id, u.name, session_ttl).ignore();
+                // Renewed quietly: a member swept meanwhile (this node was cut off from
+                // Redis for longer than the TTL) is back without a `presence` join; the
+                // pages had `resync` and the rooms' members again when Redis came back.
                 for room in &u.rooms {
                     p.cmd("ZADD")
                         .arg(members_key(room))
                         .arg(expiry)
-                        .arg(member(u.id, u.name))
+                        .arg(format!("{}\t{}\t{node}", u.id, u.name))
                         .ignore();
                     p.cmd("SADD").arg("chat:rooms").arg(*room).ignore();
                 }
@@ -468,7 +513,7 @@ impl Redis {
             for (room, m) in &candidates {
                 // Only if still expired: refreshed meanwhile, it stays.
                 p.cmd("EVAL")
-                    .arg(EXPIRE)
+                    .arg(format!("{OTHERS}{EXPIRE}"))
                     .arg(1)
                     .arg(members_key(room))
                     .arg(m)
@@ -481,7 +526,9 @@ impl Redis {
                 .iter()
                 .zip(removed)
                 .filter(|(_, n)| *n == 1)
-                .filter_map(|((room, m), _)| split(m).map(|(id, name)| ((*room).clone(), id, name)))
+                .filter_map(|((room, m), _)| {
+                    split_entry(m).map(|(id, name)| ((*room).clone(), id, name))
+                })
                 .collect(),
         )
     }
@@ -591,6 +638,12 @@ fn history_key(room: &str) -> String {
 
 fn member(id: &str, name: &str) -> String {
     format!("{id}\t{name}")
+}
+
+/// A room member entry `ID\tNAME\tNODE` → `(ID, NAME)`.
+fn split_entry(v: &str) -> Option<(String, String)> {
+    let mut parts = v.splitn(3, '\t');
+    Some((parts.next()?.to_owned(), parts.next()?.to_owned()))
 }
 
 /// `ID\tNAME` → `(ID, NAME)`.
