@@ -83,6 +83,7 @@ fn opts(url: &str, node: &str) -> Options {
 }
 
 fn node_with(opts: Options) -> Node {
+    let clustered = opts.redis.is_some();
     let cluster = chat::bind("127.0.0.1:0", chat::config(), opts, 1).expect("bind");
     let addr = cluster.local_addr().expect("addr");
     let handle = cluster.handle();
@@ -93,8 +94,10 @@ fn node_with(opts: Options) -> Node {
     };
     // The broker is connected (and so the node's first topics can be subscribed).
     assert!(
-        wait_until(IO_TIMEOUT, || node.stats()["node"]["broker"]["connected"]
-            == true),
+        !clustered
+            || wait_until(IO_TIMEOUT, || {
+                node.stats()["node"]["broker"]["connected"] == true
+            }),
         "node {addr} never connected to Redis"
     );
     node
@@ -188,6 +191,14 @@ fn rooms_span_three_nodes_complete_and_in_order() {
         assert_eq!(from_ann, expect("a"), "{}", c.name);
         assert_eq!(from_bob, expect("b"), "{}", c.name);
     }
+    // The room list is the cluster's.
+    bob.join("rust");
+    cy.send(json!({ "type": "list_rooms" }));
+    assert_eq!(
+        cy.recv(),
+        json!({ "type": "rooms", "from": "server", "rooms": [
+            { "name": "lobby", "members": 3 }, { "name": "rust", "members": 1 } ] })
+    );
     let fence = message(&cy, "lobby", "fence");
     cy.say("lobby", "fence");
     all_get(&mut [&mut ann, &mut bob, &mut cy], &fence);
@@ -582,4 +593,52 @@ fn a_redis_restart_leaves_local_chat_going_and_pages_resync() {
         assert!(s["state"]["failures"].as_u64() <= Some(1), "{s}");
     }
     all_quiet(&mut [&mut ann, &mut cy, &mut bob]);
+}
+
+// ----- what Redis costs -----
+
+/// The median of `samples` (sorted in place).
+fn median(samples: &mut [Duration]) -> Duration {
+    samples.sort();
+    samples[samples.len() / 2]
+}
+
+/// Round trips as a client sees them, on a node with Redis and on one without: `join` of a
+/// new room (its `joined`), `leave` (its `left`), and `say` (its echo). Run:
+/// `cargo test --release --features redis --test chat_redis -- --ignored --nocapture costs`.
+#[test]
+#[ignore = "a measurement"]
+fn costs() {
+    let redis = Redis::start();
+    let clustered = node(&redis, "a");
+    let alone = node_with(Options {
+        redis: None,
+        node: None,
+        ..opts(&redis.url(), "-")
+    });
+    for (what, target) in [("with Redis", &clustered), ("without", &alone)] {
+        let mut c = C::new(target, "ann");
+        let (mut joins, mut leaves, mut says) = (Vec::new(), Vec::new(), Vec::new());
+        for i in 0..300 {
+            let room = format!("r{i}");
+            let t = Instant::now();
+            c.join(&room);
+            joins.push(t.elapsed());
+            let t = Instant::now();
+            c.say(&room, "hi");
+            assert_eq!(c.recv()["type"], "message");
+            says.push(t.elapsed());
+            let t = Instant::now();
+            c.send(json!({ "type": "leave", "room": room }));
+            assert_eq!(c.recv()["type"], "left");
+            leaves.push(t.elapsed());
+        }
+        eprintln!(
+            "{what}: join {:?}, leave {:?}, say {:?} (medians of 300, as a client sees them)",
+            median(&mut joins),
+            median(&mut leaves),
+            median(&mut says)
+        );
+        c.close();
+    }
 }

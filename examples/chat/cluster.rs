@@ -23,6 +23,7 @@
 //! second has passed. History appends, the one write on the hot path (`say`), go to a
 //! writer thread through a bounded queue: a loop never waits for them.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
@@ -410,16 +411,40 @@ impl Redis {
         })
     }
 
-    /// Members now of each room, on every node.
+    /// Members now of each room, on every node (a user with tabs on two nodes once).
     pub(super) fn counts(&mut self, rooms: &[String]) -> Option<Vec<usize>> {
-        self.run("count members", |c| {
+        let entries = self.run("count members", |c| {
             let now = now_ms();
             let mut p = redis::pipe();
             for room in rooms {
-                p.cmd("ZCOUNT").arg(members_key(room)).arg(now).arg("+inf");
+                p.cmd("ZRANGEBYSCORE")
+                    .arg(members_key(room))
+                    .arg(now)
+                    .arg("+inf");
             }
-            p.query::<Vec<usize>>(c)
-        })
+            p.query::<Vec<Vec<String>>>(c)
+        })?;
+        Some(
+            entries
+                .iter()
+                .map(|e| {
+                    let ids: HashSet<&str> =
+                        e.iter().filter_map(|m| m.split('\t').next()).collect();
+                    ids.len()
+                })
+                .collect(),
+        )
+    }
+
+    /// Every room of the cluster (at most `limit`, by name) with its members now.
+    pub(super) fn rooms(&mut self, limit: usize) -> Option<Vec<(String, usize)>> {
+        let mut names: Vec<String> = self.run("list rooms", |c| {
+            redis::cmd("SMEMBERS").arg("chat:rooms").query(c)
+        })?;
+        names.sort();
+        names.truncate(limit);
+        let counts = self.counts(&names)?;
+        Some(names.into_iter().zip(counts).collect())
     }
 
     /// Hands a room message to the writer thread (never waits).

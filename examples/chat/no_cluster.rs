@@ -87,6 +87,9 @@ impl Redis {
     pub(super) fn counts(&mut self, _: &[String]) -> Option<Vec<usize>> {
         match *self {}
     }
+    pub(super) fn rooms(&mut self, _: usize) -> Option<Vec<(String, usize)>> {
+        match *self {}
+    }
     pub(super) fn append_history(&mut self, _: &str, _: String) {
         match *self {}
     }

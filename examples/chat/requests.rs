@@ -117,11 +117,16 @@ impl State {
                 Ok(())
             }
             Request::ListRooms => {
-                let rooms: Vec<Value> = self
-                    .rooms
-                    .iter()
-                    .map(|(name, r)| json!({ "name": name, "members": r.members.len() }))
-                    .collect();
+                // With Redis, the cluster's rooms (this node's while Redis is down).
+                let limit = self.opts.max_rooms;
+                let rooms: Vec<Value> = match self.cluster.as_mut().and_then(|r| r.rooms(limit)) {
+                    Some(rooms) => (rooms.into_iter())
+                        .map(|(name, n)| json!({ "name": name, "members": n }))
+                        .collect(),
+                    None => (self.rooms.iter())
+                        .map(|(name, r)| json!({ "name": name, "members": r.members.len() }))
+                        .collect(),
+                };
                 let v = self.stamp("rooms", "server".into(), json!({ "rooms": rooms }));
                 let _ = ctx.send(id, &Frame::text(&v.to_string()));
                 Ok(())

@@ -525,9 +525,9 @@ impl State {
         if self.by_name.get(&lower) == Some(&key) {
             self.by_name.remove(&lower);
         }
-        if let Some(redis) = self.cluster.as_mut() {
-            redis.release_name(&user.id, &user.name);
-        }
+        // With Redis the name is not released here: the user may still be present from
+        // another node (a tab there), whose refresh keeps it; if not, it lapses within
+        // `presence_ttl`. (A sign-out releases it at once.)
         self.release_addr(addr);
         self.offline.push_back((key, now));
     }
