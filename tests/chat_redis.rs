@@ -641,4 +641,32 @@ fn costs() {
         );
         c.close();
     }
+
+    // Loop 0's refresh and sweep with 500 users in 3 rooms each, on one node.
+    let crowded = node_with(Options {
+        max_users_per_addr: 1000,
+        ..opts(&redis.url(), "crowd")
+    });
+    let mut users: Vec<C> = (0..500)
+        .map(|i| C::try_connect(&crowded, &format!("name=u{i}")).expect("welcome"))
+        .collect();
+    for c in &mut users {
+        for room in ["x", "y"] {
+            c.send(json!({ "type": "join", "room": room }));
+        }
+    }
+    std::thread::sleep(TTL);
+    let mut ticks = Vec::new();
+    for _ in 0..5 {
+        std::thread::sleep(TTL / 3);
+        let tick = crowded.stats()["node"]["tick_us"]
+            .as_u64()
+            .expect("tick_us");
+        ticks.push(Duration::from_micros(tick));
+    }
+    eprintln!(
+        "refresh + sweep, 500 users in 3 rooms: {:?} (median of 5 ticks)",
+        median(&mut ticks)
+    );
+    drop(users);
 }

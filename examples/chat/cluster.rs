@@ -11,7 +11,7 @@
 //! second has passed. History appends, the one write on the hot path (`say`), go to a
 //! writer thread through a bounded queue: a loop never waits for them.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
@@ -22,8 +22,8 @@ use redis::{Client, Connection, RedisResult};
 use serde_json::Value;
 
 use self::keys::{
-    ENTER, EXIT, EXPIRE, GONE_TTL, OTHERS, RELEASE, claim, history_key, members_key, ms, name_key,
-    session, split, split_entry,
+    CLAIM, ENTER, EXIT, EXPIRE, GONE_TTL, OTHERS, RELEASE, claim, history_key, members_key, ms,
+    name_key, session, split, split_entry,
 };
 use super::rules::now_ms;
 
@@ -34,6 +34,9 @@ mod keys;
 const TIMEOUT: Duration = Duration::from_millis(200);
 /// After a failed command, how long the loops leave Redis alone.
 const RETRY: Duration = Duration::from_secs(1);
+/// Sessions have an hour's TTL: renewing them every 20th refresh (about a minute with the
+/// default TTL) is plenty.
+const SESSIONS_EVERY: u64 = 20;
 /// History appends waiting for the writer thread; more are dropped (counted).
 const HISTORY_QUEUE: usize = 4096;
 /// Most appends in one pipeline of the writer thread.
@@ -81,6 +84,10 @@ pub(super) struct Redis {
     counters: Counters,
     /// This node's name (`--node`), in `/stats`.
     node: String,
+    /// The SHA1 of `CLAIM`, once loaded (the same on every Redis).
+    claim_sha: Option<String>,
+    /// Refreshes so far: sessions are renewed every `SESSIONS_EVERY`th.
+    refreshes: u64,
 }
 
 impl Redis {
@@ -104,6 +111,8 @@ impl Redis {
             history_drops: drops,
             counters: Counters::default(),
             node,
+            claim_sha: None,
+            refreshes: 0,
         })
     }
 
@@ -153,7 +162,16 @@ impl Redis {
         self.counters.round_trips += 1;
         let result = match self.conn.take() {
             Some(conn) => Ok(conn),
-            None => connect(&self.client),
+            None => connect(&self.client).and_then(|mut conn| {
+                // The refresh runs the name claim for every user: by its hash, not its text.
+                self.claim_sha = Some(
+                    redis::cmd("SCRIPT")
+                        .arg("LOAD")
+                        .arg(CLAIM)
+                        .query(&mut conn)?,
+                );
+                Ok(conn)
+            }),
         }
         .and_then(|mut conn| {
             let v = f(&mut conn)?;
@@ -192,7 +210,7 @@ impl Redis {
     /// user holds it.
     pub(super) fn claim_name(&mut self, id: &str, name: &str, ttl: Duration) -> Option<bool> {
         self.run("claim a name", |c| {
-            claim(&mut redis::pipe(), id, name, ttl).query::<(i64,)>(c)
+            claim(&mut redis::pipe(), None, id, name, ttl).query::<(i64,)>(c)
         })
         .map(|(n,)| n == 1)
     }
@@ -415,19 +433,33 @@ impl Redis {
 
     /// Keeps this node's present users alive in Redis for `ttl` more (names, sessions, room
     /// memberships), in one pipeline; after a Redis restart, this puts them back.
-    pub(super) fn refresh(&mut self, users: &[Present<'_>], ttl: Duration, session_ttl: Duration) {
+    /// Sessions (an hour's TTL) are renewed every `SESSIONS_EVERY`th time only, and when
+    /// `everything` (Redis is back and may have lost them all).
+    pub(super) fn refresh(
+        &mut self,
+        users: &[Present<'_>],
+        ttl: Duration,
+        session_ttl: Duration,
+        everything: bool,
+    ) {
+        self.refreshes += 1;
         if users.is_empty() {
             return;
         }
+        let sessions = everything || self.refreshes % SESSIONS_EVERY == 1;
         let node = self.node.clone();
+        let sha = self.claim_sha.clone();
         self.run("refresh", |c| {
             let expiry = now_ms() + ms(ttl);
             let mut p = redis::pipe();
+            let mut rooms = BTreeSet::new();
             for u in users {
                 // A name another user took meanwhile (it expired while Redis was away) stays
                 // theirs: the claim fails, and this user keeps it on this node only.
-                claim(&mut p, u.id, u.name, ttl).ignore();
-                session(&mut p, u.token, u.id, u.name, session_ttl).ignore();
+                claim(&mut p, sha.as_deref(), u.id, u.name, ttl).ignore();
+                if sessions {
+                    session(&mut p, u.token, u.id, u.name, session_ttl).ignore();
+                }
                 // Renewed quietly: a member swept meanwhile (this node was cut off from
                 // Redis for longer than the TTL) is back without a `presence` join; the
                 // pages had `resync` and the rooms' members again when Redis came back.
@@ -437,8 +469,14 @@ impl Redis {
                         .arg(expiry)
                         .arg(format!("{}\t{}\t{node}", u.id, u.name))
                         .ignore();
-                    p.cmd("SADD").arg("chat:rooms").arg(*room).ignore();
+                    rooms.insert(*room);
                 }
+            }
+            if !rooms.is_empty() {
+                p.cmd("SADD")
+                    .arg("chat:rooms")
+                    .arg(rooms.into_iter().collect::<Vec<_>>())
+                    .ignore();
             }
             p.query::<()>(c)
         });

@@ -96,7 +96,7 @@ impl Redis {
     pub(super) fn gone(&mut self, _: &[&str]) -> Option<Vec<bool>> {
         match *self {}
     }
-    pub(super) fn refresh(&mut self, _: &[Present<'_>], _: Duration, _: Duration) {
+    pub(super) fn refresh(&mut self, _: &[Present<'_>], _: Duration, _: Duration, _: bool) {
         match *self {}
     }
     pub(super) fn sweep(&mut self) -> Option<Vec<(String, String, String)>> {

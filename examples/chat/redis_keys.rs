@@ -72,22 +72,26 @@ redis.call('ZREM', KEYS[1], ARGV[1])
 if others(KEYS[1], ARGV[1], ARGV[2]) then return 0 end
 return 1";
 
+/// `CLAIM` for one user, by its hash `sha` if it is loaded, else by its text.
 pub(super) fn claim<'p>(
     p: &'p mut redis::Pipeline,
+    sha: Option<&str>,
     id: &str,
     name: &str,
     ttl: Duration,
 ) -> &'p mut redis::Pipeline {
-    p.cmd("EVAL")
-        .arg(CLAIM)
-        .arg(3)
-        .arg(name_key(name))
-        .arg(format!("chat:user:{id}"))
-        .arg(format!("chat:gone:{id}"))
-        .arg(member(id, name))
-        .arg(ms(ttl))
-        .arg(id)
-        .arg(name)
+    match sha {
+        Some(sha) => p.cmd("EVALSHA").arg(sha),
+        None => p.cmd("EVAL").arg(CLAIM),
+    }
+    .arg(3)
+    .arg(name_key(name))
+    .arg(format!("chat:user:{id}"))
+    .arg(format!("chat:gone:{id}"))
+    .arg(member(id, name))
+    .arg(ms(ttl))
+    .arg(id)
+    .arg(name)
 }
 
 pub(super) fn session<'p>(

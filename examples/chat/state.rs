@@ -111,6 +111,8 @@ pub(super) struct State {
     pub(super) cluster: Option<Redis>,
     /// The broker lost Redis since this node's users were last put there.
     pub(super) lost_redis: bool,
+    /// How long the last refresh and sweep took (loop 0 holds the lock meanwhile).
+    pub(super) last_tick: std::time::Duration,
 }
 
 impl State {
@@ -139,6 +141,7 @@ impl State {
             todo: (0..loops).map(|_| Todo::default()).collect(),
             cluster: None,
             lost_redis: false,
+            last_tick: std::time::Duration::ZERO,
         }
     }
 
