@@ -271,7 +271,7 @@ fn user_topic(id: &str) -> String {
 const TIMER_SWEEP: u64 = 1;
 const TIMER_ROOM_COUNTS: u64 = 2;
 const TIMER_RESYNC: u64 = 3;
-/// With Redis: loop 0 refreshes this node's users there and sweeps expired members.
+/// With Redis: loop 0 acts on what the keeper thread found (`nodes::APPLY_EVERY`).
 const TIMER_CLUSTER: u64 = 4;
 /// `TIMER_GRACE + user key`: that user's grace period is over.
 const TIMER_GRACE: u64 = 1 << 40;
@@ -342,6 +342,9 @@ pub fn bind(
     };
     let clustered = opts.redis.is_some();
     let state = Arc::new(Mutex::new(state));
+    if clustered {
+        nodes::spawn_keeper(&state).map_err(io::Error::other)?;
+    }
     let mut cluster = Cluster::bind(addr, config, threads, |_| Chat {
         state: Arc::clone(&state),
         opts: opts.clone(),
@@ -355,7 +358,7 @@ pub fn bind(
         if index == 0 {
             server.set_timer(SWEEP_EVERY, TIMER_SWEEP);
             if clustered {
-                server.set_timer(opts.presence_ttl / 3, TIMER_CLUSTER);
+                server.set_timer(nodes::APPLY_EVERY, TIMER_CLUSTER);
             }
         }
         if threads > 1 {
@@ -471,8 +474,8 @@ impl Handler for Chat {
                 ctx.set_timer(RESYNC_EVERY, TIMER_RESYNC);
             }
             TIMER_CLUSTER => {
-                self.lock(ctx).cluster_tick(ctx);
-                ctx.set_timer(self.opts.presence_ttl / 3, TIMER_CLUSTER);
+                self.lock(ctx).apply_found(ctx);
+                ctx.set_timer(nodes::APPLY_EVERY, TIMER_CLUSTER);
             }
             t if t > TIMER_GRACE => self.lock(ctx).grace_over(ctx, t - TIMER_GRACE),
             _ => {}

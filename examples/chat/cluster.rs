@@ -70,6 +70,18 @@ pub(super) struct Counters {
     pub(super) history_drops: u64,
 }
 
+impl Counters {
+    /// Both layers' counts (the loops' and the keeper's); history drops are shared.
+    pub(super) fn plus(self, other: Counters) -> Counters {
+        Counters {
+            round_trips: self.round_trips + other.round_trips,
+            failures: self.failures + other.failures,
+            skipped: self.skipped + other.skipped,
+            history_drops: self.history_drops,
+        }
+    }
+}
+
 /// The Redis state of one node (process): one connection, used by whichever loop holds the
 /// state's lock, and the history writer thread.
 pub(super) struct Redis {
@@ -114,6 +126,32 @@ impl Redis {
             claim_sha: None,
             refreshes: 0,
         })
+    }
+
+    /// Another state layer on the same Redis, with a connection and counters of its own
+    /// (the keeper thread's); history appends go to the same writer.
+    pub(super) fn sibling(&self) -> Redis {
+        Redis {
+            client: self.client.clone(),
+            conn: None,
+            down: self.down,
+            retry_at: None,
+            history: self.history.clone(),
+            history_drops: Arc::clone(&self.history_drops),
+            counters: Counters::default(),
+            node: self.node.clone(),
+            claim_sha: None,
+            refreshes: 0,
+        }
+    }
+
+    /// Follows what the broker says of Redis (as the state layer of the loops heard it).
+    pub(super) fn follow(&mut self, up: bool) {
+        if !up {
+            self.set_down(true);
+        } else if self.down {
+            self.set_down(false);
+        }
     }
 
     pub(super) fn node(&self) -> &str {

@@ -29,6 +29,12 @@ pub(super) struct Counters {
     pub(super) history_drops: u64,
 }
 
+impl Counters {
+    pub(super) fn plus(self, _: Counters) -> Counters {
+        self
+    }
+}
+
 /// Never made: there is no Redis without the feature.
 pub(super) enum Redis {}
 
@@ -38,6 +44,12 @@ impl Redis {
         Err("--redis needs the chat built with the cargo feature redis \
              (cargo run --features redis --example chat -- --redis URL)"
             .to_owned())
+    }
+    pub(super) fn sibling(&self) -> Redis {
+        match *self {}
+    }
+    pub(super) fn follow(&mut self, _: bool) {
+        match *self {}
     }
     pub(super) fn node(&self) -> &str {
         match *self {}

@@ -1,11 +1,13 @@
-//! The chat as one node of several (`--redis URL`): joining the cluster, the periodic
-//! refresh and sweep (loop 0's `TIMER_CLUSTER`), and what the node does when the broker
+//! The chat as one node of several (`--redis URL`): joining the cluster, the keeper thread
+//! (the periodic refresh and sweep) and what loop 0 does with what it finds, and what the node does when the broker
 //! loses Redis and gets it back. The Redis calls themselves are in `cluster.rs`; the rules
 //! in `state.rs`, `rooms.rs`, `requests.rs` and `http.rs` ask it through `State::cluster`
 //! where the nodes must agree (names, sessions, members, history), and fall back to what
 //! this node knows when it answers `None` (Redis down).
 
-use std::time::Instant;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::thread;
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use wshub::{BrokerEvent, BrokerStats, Config, Ctx, Frame, Handle};
@@ -15,6 +17,104 @@ use super::http::Exposition;
 use super::rules::random_hex;
 use super::state::{Presence, State};
 use super::{Conn, room_topic};
+
+/// How often loop 0 looks at what the keeper found.
+pub(super) const APPLY_EVERY: Duration = Duration::from_millis(100);
+
+/// What the keeper thread found, for loop 0 to act on.
+#[derive(Default)]
+pub(super) struct Found {
+    /// Ids of this node's users who signed out on another node.
+    gone: Vec<String>,
+    /// Members of dead nodes the keeper's sweep removed, `(room, id, name)`: to announce.
+    left: Vec<(String, String, String)>,
+}
+
+/// A user of this node as the keeper copies it (so that it holds the lock only to copy).
+struct Snapshot {
+    id: String,
+    name: String,
+    token: String,
+    rooms: Vec<String>,
+}
+
+/// Starts the keeper: a thread of the node's own, with its own Redis connection, that every
+/// third of `presence_ttl` closes the tabs of users who signed out elsewhere, keeps this
+/// node's users alive in Redis (names, sessions, members) and sweeps expired members. It
+/// holds the state's lock only to copy the present users and to leave what it found
+/// (`Found`), so no loop waits for that Redis traffic, however many users there are. It
+/// ends when the state is gone (the chat stopped).
+pub(super) fn spawn_keeper(state: &Arc<Mutex<State>>) -> Result<(), String> {
+    let (redis, every) = {
+        let s = lock(state);
+        (
+            s.cluster.as_ref().map(Redis::sibling),
+            s.opts.presence_ttl / 3,
+        )
+    };
+    let Some(mut redis) = redis else {
+        return Ok(());
+    };
+    let state = Arc::downgrade(state);
+    thread::Builder::new()
+        .name("chat-keeper".into())
+        .spawn(move || keep(&state, &mut redis, every))
+        .map(drop)
+        .map_err(|e| format!("cannot start the keeper thread: {e}"))
+}
+
+fn keep(state: &Weak<Mutex<State>>, redis: &mut Redis, every: Duration) {
+    loop {
+        thread::sleep(every);
+        let Some(state) = state.upgrade() else {
+            return;
+        };
+        let (users, ttl, session_ttl) = {
+            let s = lock(&state);
+            // While the broker says Redis is down, the keeper leaves it alone too.
+            redis.follow(s.cluster.as_ref().is_some_and(Redis::is_up));
+            let users: Vec<Snapshot> = (s.users.values())
+                .filter(|u| !matches!(u.presence, Presence::Offline(_)))
+                .map(|u| Snapshot {
+                    id: u.id.clone(),
+                    name: u.name.clone(),
+                    token: u.token.clone(),
+                    rooms: u.rooms.iter().cloned().collect(),
+                })
+                .collect();
+            (users, s.opts.presence_ttl, s.opts.session_ttl)
+        };
+        let started = Instant::now();
+        let ids: Vec<&str> = users.iter().map(|u| u.id.as_str()).collect();
+        let flags = redis.gone(&ids).unwrap_or_default();
+        let gone: Vec<String> = (users.iter().zip(&flags))
+            .filter(|(_, g)| **g)
+            .map(|(u, _)| u.id.clone())
+            .collect();
+        // Those who signed out elsewhere are not renewed: the sign-out freed their name.
+        let present: Vec<Present<'_>> = (users.iter())
+            .filter(|u| !gone.contains(&u.id))
+            .map(|u| Present {
+                id: &u.id,
+                name: &u.name,
+                token: &u.token,
+                rooms: u.rooms.iter().map(String::as_str).collect(),
+            })
+            .collect();
+        redis.refresh(&present, ttl, session_ttl, false);
+        let left = redis.sweep().unwrap_or_default();
+        let took = started.elapsed();
+        let mut s = lock(&state);
+        s.found.gone.extend(gone);
+        s.found.left.extend(left);
+        s.keeper = redis.counters();
+        s.last_tick = took;
+    }
+}
+
+fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
+    state.lock().unwrap_or_else(PoisonError::into_inner)
+}
 
 /// A topic nobody subscribes to (see `BrokerEvent::Down`).
 const PROBE: &str = "probe";
@@ -40,33 +140,24 @@ impl State {
         Ok(config)
     }
 
-    /// Loop 0, every third of `presence_ttl`: closes the tabs of users who signed out on
-    /// another node, keeps this node's users alive in Redis, and announces the members of
-    /// dead nodes leaving.
-    pub(super) fn cluster_tick(&mut self, ctx: &mut Ctx<'_, Conn>) {
-        let started = Instant::now();
-        let Some(redis) = self.cluster.as_mut() else {
-            return;
-        };
-        let present: Vec<(u64, &str)> = (self.users.iter())
-            .filter(|(_, u)| !matches!(u.presence, Presence::Offline(_)))
-            .map(|(&key, u)| (key, u.id.as_str()))
-            .collect();
-        let ids: Vec<&str> = present.iter().map(|(_, id)| *id).collect();
-        let gone: Vec<u64> = match redis.gone(&ids) {
-            Some(flags) => (present.iter().zip(flags))
-                .filter(|(_, g)| *g)
-                .map(|((key, _), _)| *key)
-                .collect(),
-            None => Vec::new(),
-        };
-        for key in gone {
-            log::info!("user {key} signed out on another node: closing its tabs here");
-            self.sign_out(ctx, key);
+    /// Loop 0, every `APPLY_EVERY`: acts on what the keeper thread found (it has no
+    /// `Ctx`): closes the tabs of users who signed out on another node, and tells rooms of
+    /// the members of dead nodes that its sweep removed (on every node, through the room's
+    /// topic). Nothing to do, nothing done.
+    pub(super) fn apply_found(&mut self, ctx: &mut Ctx<'_, Conn>) {
+        let found = std::mem::take(&mut self.found);
+        for id in found.gone {
+            if let Some(&key) = self.by_id.get(&id) {
+                log::info!("user {id} signed out on another node: closing its tabs here");
+                self.sign_out(ctx, key);
+            }
         }
-        self.refresh(false);
-        self.sweep(ctx);
-        self.last_tick = started.elapsed();
+        for (room, id, name) in found.left {
+            log::info!("{name} ({id}) left {room}: its node stopped refreshing it");
+            let from = json!({ "id": id, "name": name });
+            let v = self.stamp("presence", from, json!({ "event": "leave", "room": room }));
+            ctx.publish(&room_topic(&room), &Frame::text(&v.to_string()));
+        }
     }
 
     /// This node's present users, their names and rooms, alive in Redis for another
@@ -86,20 +177,6 @@ impl State {
             .collect();
         let (ttl, session_ttl) = (self.opts.presence_ttl, self.opts.session_ttl);
         redis.refresh(&present, ttl, session_ttl, everything);
-    }
-
-    /// Members whose node stopped refreshing them leave their rooms: this node tells the
-    /// rooms (on every node, through the room's topic) for those its sweep removed.
-    fn sweep(&mut self, ctx: &mut Ctx<'_, Conn>) {
-        let Some(expired) = self.cluster.as_mut().and_then(Redis::sweep) else {
-            return;
-        };
-        for (room, id, name) in expired {
-            log::info!("{name} ({id}) left {room}: its node stopped refreshing it");
-            let from = json!({ "id": id, "name": name });
-            let v = self.stamp("presence", from, json!({ "event": "leave", "room": room }));
-            ctx.publish(&room_topic(&room), &Frame::text(&v.to_string()));
-        }
     }
 
     /// The broker lost Redis or has it back (on every loop, each for its own tabs).
@@ -172,11 +249,11 @@ impl State {
             return Value::Null;
         };
         let b = self.broker_stats();
-        let c = redis.counters();
+        let c = redis.counters().plus(self.keeper);
         json!({
             "name": redis.node(),
             "redis_up": redis.is_up(),
-            // Loop 0's last refresh and sweep, in microseconds (the lock is held meanwhile).
+            // The keeper's last refresh and sweep, in microseconds (on its own thread).
             "tick_us": self.last_tick.as_micros() as u64,
             "broker": {
                 "connected": b.connected,
@@ -203,7 +280,7 @@ impl State {
             return;
         };
         let b = self.broker_stats();
-        let c = redis.counters();
+        let c = redis.counters().plus(self.keeper);
         m.gauge_by(
             "chat_node_info",
             "This node of the cluster (--node), always 1.",

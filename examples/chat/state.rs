@@ -16,7 +16,8 @@ use std::time::Instant;
 use serde_json::{Map, Value, json};
 use wshub::{ConnId, Ctx, Frame, Handle, TimerId};
 
-use super::cluster::Redis;
+use super::cluster::{Counters, Redis};
+use super::nodes::Found;
 use super::rules::{Fail, check_name, fail, now_ms, now_us, random_hex};
 use super::{
     Conn, JoinRequest, LOBBY, MAX_NAME_CHARS, Options, SIGNED_IN, TIMER_GRACE, close, room_topic,
@@ -111,8 +112,11 @@ pub(super) struct State {
     pub(super) cluster: Option<Redis>,
     /// The broker lost Redis since this node's users were last put there.
     pub(super) lost_redis: bool,
-    /// How long the last refresh and sweep took (loop 0 holds the lock meanwhile).
+    /// How long the keeper's last refresh and sweep took, what it found for loop 0 to act
+    /// on, and its counters (`nodes.rs`).
     pub(super) last_tick: std::time::Duration,
+    pub(super) found: Found,
+    pub(super) keeper: Counters,
 }
 
 impl State {
@@ -142,6 +146,8 @@ impl State {
             cluster: None,
             lost_redis: false,
             last_tick: std::time::Duration::ZERO,
+            found: Found::default(),
+            keeper: Counters::default(),
         }
     }
 
