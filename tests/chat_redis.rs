@@ -83,8 +83,13 @@ fn opts(url: &str, node: &str) -> Options {
 }
 
 fn node_with(opts: Options) -> Node {
+    node_on_loops(opts, 1)
+}
+
+/// A node of `loops` loops (threads): a node is a `chat::bind` cluster of its own.
+fn node_on_loops(opts: Options, loops: usize) -> Node {
     let clustered = opts.redis.is_some();
-    let cluster = chat::bind("127.0.0.1:0", chat::config(), opts, 1).expect("bind");
+    let cluster = chat::bind("127.0.0.1:0", chat::config(), opts, loops).expect("bind");
     let addr = cluster.local_addr().expect("addr");
     let handle = cluster.handle();
     let node = Node {
@@ -151,7 +156,9 @@ fn all_quiet(clients: &mut [&mut C]) {
 #[test]
 fn rooms_span_three_nodes_complete_and_in_order() {
     let redis = Redis::start();
-    let nodes = [node(&redis, "a"), node(&redis, "b"), node(&redis, "c")];
+    // Node b runs on two loops: its clients land on either.
+    let b = node_on_loops(opts(&redis.url(), "b"), 2);
+    let nodes = [node(&redis, "a"), b, node(&redis, "c")];
     let mut ann = user(&nodes[0], &redis, "ann", 1);
     let mut bob = user(&nodes[1], &redis, "bob", 2);
     // bob's arrival crossed to ann's node; he sees her as a member from his node.
@@ -208,7 +215,8 @@ fn rooms_span_three_nodes_complete_and_in_order() {
 #[test]
 fn a_dm_reaches_the_users_tabs_on_two_nodes() {
     let redis = Redis::start();
-    let nodes = [node(&redis, "a"), node(&redis, "b"), node(&redis, "c")];
+    let b = node_on_loops(opts(&redis.url(), "b"), 2);
+    let nodes = [node(&redis, "a"), b, node(&redis, "c")];
     let mut ann_a = user(&nodes[0], &redis, "ann", 1);
     // The same user on node b, by its token: same id, same name; her arrival is no news
     // (she is in the lobby already), so nobody hears a `presence`.

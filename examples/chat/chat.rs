@@ -192,9 +192,9 @@ pub struct Options {
     /// This node's name in `/stats` (default: random).
     pub node: Option<String>,
     /// With `redis`: how long a node's users stay in Redis (names, room members) without
-    /// being refreshed. The node refreshes them every third of it, and sweeps expired
-    /// members as often, so the users of a node that died leave their rooms (announced by
-    /// another node) within `presence_ttl` plus a third of it.
+    /// being renewed. The node's keeper thread renews them every third of it and sweeps
+    /// expired members as often, so the users of a node that died leave their rooms
+    /// (announced by another node) within `presence_ttl`, plus a third of it, plus 100 ms.
     pub presence_ttl: Duration,
 }
 
