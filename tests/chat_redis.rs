@@ -89,23 +89,29 @@ fn node_with(opts: Options) -> Node {
 /// A node of `loops` loops (threads): a node is a `chat::bind` cluster of its own.
 fn node_on_loops(opts: Options, loops: usize) -> Node {
     let clustered = opts.redis.is_some();
-    let cluster = chat::bind("127.0.0.1:0", chat::config(), opts, loops).expect("bind");
-    let addr = cluster.local_addr().expect("addr");
-    let handle = cluster.handle();
-    let node = Node {
-        addr,
-        handle,
-        thread: Some(std::thread::spawn(move || cluster.run())),
-    };
+    let node = node_unchecked(opts, loops);
     // The broker is connected (and so the node's first topics can be subscribed).
     assert!(
         !clustered
             || wait_until(IO_TIMEOUT, || {
                 node.stats()["node"]["broker"]["connected"] == true
             }),
-        "node {addr} never connected to Redis"
+        "node {} never connected to Redis",
+        node.addr
     );
     node
+}
+
+/// A node, whether or not its Redis is there.
+fn node_unchecked(opts: Options, loops: usize) -> Node {
+    let cluster = chat::bind("127.0.0.1:0", chat::config(), opts, loops).expect("bind");
+    let addr = cluster.local_addr().expect("addr");
+    let handle = cluster.handle();
+    Node {
+        addr,
+        handle,
+        thread: Some(std::thread::spawn(move || cluster.run())),
+    }
 }
 
 fn node(redis: &Redis, name: &str) -> Node {
@@ -517,6 +523,46 @@ fn a_dead_nodes_users_leave_their_rooms_announced_once() {
 }
 
 // ----- Redis restarting -----
+
+#[test]
+fn a_node_started_before_redis_serves_alone_then_joins() {
+    // A port where no Redis is, yet.
+    let mut first = Redis::start();
+    let port = first.port;
+    first.kill9();
+    let url = format!("redis://127.0.0.1:{port}/");
+    let a = node_unchecked(opts(&url, "a"), 1);
+    // Its users are welcome, and chat, on their own.
+    let mut ann = C::new(&a, "ann");
+    let hi = message(&ann, "lobby", "anyone?");
+    ann.say("lobby", "anyone?");
+    assert_eq!(ann.recv(), hi);
+
+    let redis = Redis::start_on(port);
+    let b = node(&redis, "b");
+    assert!(wait_until(
+        IO_TIMEOUT,
+        || a.stats()["node"]["broker"]["connected"] == true
+    ));
+    // Node a put ann into Redis when it got through: her name is taken on node b, her
+    // token is hers there, and she is in the lobby for node b's users.
+    let (err, _) = C::try_connect(&b, "name=ANN").err().expect("taken");
+    assert_eq!(err["code"], "name_taken");
+    let mut ann_b = ann.tab(&b);
+    assert_eq!(ann_b.id, ann.id);
+    assert_eq!(ann_b.recv()["members"], json!([ann.me()]));
+    subscribed(&redis, "room:lobby", 2);
+    let mut bob = user(&b, &redis, "bob", 2);
+    all_get(
+        &mut [&mut ann, &mut ann_b],
+        &presence(&bob, "join", "lobby"),
+    );
+    let hey = message(&bob, "lobby", "hey");
+    bob.say("lobby", "hey");
+    all_get(&mut [&mut bob, &mut ann, &mut ann_b], &hey);
+    // ann's page gets no resync: nothing was missed, there was nobody to miss.
+    all_quiet(&mut [&mut ann, &mut ann_b, &mut bob]);
+}
 
 #[test]
 fn a_redis_restart_leaves_local_chat_going_and_pages_resync() {

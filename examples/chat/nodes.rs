@@ -137,6 +137,9 @@ impl State {
         }
         let config = cluster::with_broker(url, config)?;
         self.cluster = Some(redis);
+        // Users who come online before the broker first gets through are put into Redis
+        // when it does (their sessions included), as after an outage.
+        self.lost_redis = true;
         Ok(config)
     }
 
