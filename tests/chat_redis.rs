@@ -522,6 +522,59 @@ fn a_dead_nodes_users_leave_their_rooms_announced_once() {
     eprintln!("a dead node's user left {took:?} after the kill");
 }
 
+// ----- Redis hanging -----
+
+#[test]
+fn a_hung_redis_costs_a_loop_one_short_timeout_at_a_time() {
+    let redis = Redis::start();
+    let a = node(&redis, "a");
+    let mut ann = user(&a, &redis, "ann", 1);
+    let info = redis.command("INFO server");
+    let pid: i32 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("process_id:"))
+        .and_then(|p| p.trim().parse().ok())
+        .expect("redis-server's pid");
+    // Hung, not dead: connections stay open, nothing answers (SIGSTOP; SIGCONT below).
+    // SAFETY: kill(2) on the redis-server this test started.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        // Saying things never waits for Redis.
+        let t = Instant::now();
+        for i in 0..10 {
+            ann.say("lobby", &format!("{i}"));
+            assert_eq!(ann.recv()["type"], "message");
+        }
+        assert!(
+            t.elapsed() < Duration::from_millis(150),
+            "{:?}",
+            t.elapsed()
+        );
+        // A join waits for Redis once (its 200 ms timeout), then falls back to the node's
+        // own state; the next ones do not try for a second.
+        let t = Instant::now();
+        let state = ann.join("x");
+        let first = t.elapsed();
+        assert_eq!(state["members"], json!([ann.me()]));
+        let t = Instant::now();
+        for room in ["y", "z"] {
+            ann.join(room);
+        }
+        let next = t.elapsed();
+        assert!(
+            first < Duration::from_millis(400) && next < Duration::from_millis(150),
+            "first join {first:?}, the next two {next:?}"
+        );
+        assert!(a.stats()["node"]["state"]["failures"].as_u64() >= Some(1));
+        eprintln!("a hung Redis: first join {first:?}, the next two {next:?}");
+    }));
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
+}
+
 // ----- Redis restarting -----
 
 #[test]

@@ -4,12 +4,14 @@
 //! file keeps what the nodes must agree on, as plain Redis keys under `chat:` (which keys,
 //! and the scripts that change them, are in `redis_keys.rs`).
 //!
-//! Calls are synchronous, from the loops, under the state's lock, so they are kept to cold
-//! paths (connect, join, leave, the periodic refresh) and each is one pipeline. Every
-//! command has a 200 ms timeout; after a failure, and while the broker reports Redis down,
-//! nothing is tried (the chat falls back to what the node knows) until Redis is back or a
-//! second has passed. History appends, the one write on the hot path (`say`), go to a
-//! writer thread through a bounded queue: a loop never waits for them.
+//! Calls from the loops are synchronous, under the state's lock, so they are kept to cold
+//! paths (connect, join, leave) and each is one pipeline. Their sockets time out after
+//! 100 ms (a hung Redis fails a command in about 200 ms); after a failure, and while the
+//! broker reports Redis down, nothing is tried (the chat falls back to what the node knows)
+//! until Redis is back or a second has passed. History appends, the one write on the hot
+//! path (`say`), go to a writer thread through a bounded queue, and the periodic refresh
+//! and sweep to the keeper thread (`nodes.rs`, a `sibling` of this layer): no loop waits
+//! for them.
 
 use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
@@ -30,8 +32,11 @@ use super::rules::now_ms;
 #[path = "redis_keys.rs"]
 mod keys;
 
-/// Connect, read and write timeout of every Redis command a loop makes.
-const TIMEOUT: Duration = Duration::from_millis(200);
+/// Connect, read and write timeout of every Redis command a loop makes. (Measured with a
+/// hung Redis: a command fails after two of them, the redis crate reading twice.)
+const TIMEOUT: Duration = Duration::from_millis(100);
+/// The same for the keeper thread, which no loop waits for, and whose pipelines are big.
+const KEEPER_TIMEOUT: Duration = Duration::from_secs(1);
 /// After a failed command, how long the loops leave Redis alone.
 const RETRY: Duration = Duration::from_secs(1);
 /// Sessions have an hour's TTL: renewing them every 20th refresh (about a minute with the
@@ -96,6 +101,8 @@ pub(super) struct Redis {
     counters: Counters,
     /// This node's name (`--node`), in `/stats`.
     node: String,
+    /// Connect, read and write timeout of its commands.
+    timeout: Duration,
     /// The SHA1 of `CLAIM`, once loaded (the same on every Redis).
     claim_sha: Option<String>,
     /// Refreshes so far: sessions are renewed every `SESSIONS_EVERY`th.
@@ -123,6 +130,7 @@ impl Redis {
             history_drops: drops,
             counters: Counters::default(),
             node,
+            timeout: TIMEOUT,
             claim_sha: None,
             refreshes: 0,
         })
@@ -140,6 +148,7 @@ impl Redis {
             history_drops: Arc::clone(&self.history_drops),
             counters: Counters::default(),
             node: self.node.clone(),
+            timeout: KEEPER_TIMEOUT,
             claim_sha: None,
             refreshes: 0,
         }
@@ -200,7 +209,7 @@ impl Redis {
         self.counters.round_trips += 1;
         let result = match self.conn.take() {
             Some(conn) => Ok(conn),
-            None => connect(&self.client).and_then(|mut conn| {
+            None => connect(&self.client, self.timeout).and_then(|mut conn| {
                 // The refresh runs the name claim for every user: by its hash, not its text.
                 self.claim_sha = Some(
                     redis::cmd("SCRIPT")
@@ -575,11 +584,12 @@ impl Redis {
     }
 }
 
-/// Connects with short timeouts, so a Redis that hangs costs a loop 200 ms once, not more.
-fn connect(client: &Client) -> RedisResult<Connection> {
-    let conn = client.get_connection_with_timeout(TIMEOUT)?;
-    conn.set_read_timeout(Some(TIMEOUT))?;
-    conn.set_write_timeout(Some(TIMEOUT))?;
+/// Connects with short timeouts, so that a Redis that hangs costs a loop one failed command
+/// (about two `timeout`s) per `RETRY`, not more.
+fn connect(client: &Client, timeout: Duration) -> RedisResult<Connection> {
+    let conn = client.get_connection_with_timeout(timeout)?;
+    conn.set_read_timeout(Some(timeout))?;
+    conn.set_write_timeout(Some(timeout))?;
     Ok(conn)
 }
 
@@ -606,7 +616,7 @@ fn write_history(
             continue;
         }
         if conn.is_none() && Instant::now() >= retry_at {
-            conn = connect(client).ok();
+            conn = connect(client, KEEPER_TIMEOUT).ok();
         }
         let Some(c) = &mut conn else {
             drops.fetch_add(batch.len() as u64, Ordering::Relaxed);
