@@ -32,8 +32,8 @@
 //! - `nodes.rs`: the chat as one node of several (`--redis URL`): the periodic refresh and
 //!   sweep, Redis lost and back, the node's stats;
 //! - `cluster.rs` (cargo feature `redis`): the state several nodes share in Redis, one
-//!   interface for the rest (`redis_keys.rs`: its keys and scripts; `no_cluster.rs` stands
-//!   in for it without the feature).
+//!   interface for the rest (`redis_keys.rs`: its keys and scripts; `redis_rooms.rs`: its
+//!   room members; `no_cluster.rs` stands in for it without the feature).
 //!
 //! Nodes: with [`Options::redis`], the chat is one node of a cluster of processes: topics
 //! cross nodes through the library's `RedisBroker`, and names, sessions, room members and
