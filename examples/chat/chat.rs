@@ -28,10 +28,28 @@
 //!   with what the other loops changed for its connections;
 //! - `requests.rs`: what clients send (`say`, `dm`, …), rate limits and errors;
 //! - `http.rs`: `POST /push`, `GET /stats` and `GET /metrics`;
-//! - `rules.rs`: what a valid name, room and text are, and small helpers.
+//! - `rules.rs`: what a valid name, room and text are, and small helpers;
+//! - `nodes.rs`: the chat as one node of several (`--redis URL`): the periodic refresh and
+//!   sweep, Redis lost and back, the node's stats;
+//! - `cluster.rs` (cargo feature `redis`): the state several nodes share in Redis, one
+//!   interface for the rest (`redis_keys.rs`: its keys and scripts; `redis_rooms.rs`: its
+//!   room members; `no_cluster.rs` stands in for it without the feature).
+//!
+//! Nodes: with [`Options::redis`], the chat is one node of a cluster of processes: topics
+//! cross nodes through the library's `RedisBroker`, and names, sessions, room members and
+//! history live in Redis (see `cluster.rs`), so a user can be on any node. Without it,
+//! nothing of that runs and the chat is what it always was.
 
+#[cfg(feature = "redis")]
+#[path = "cluster.rs"]
+mod cluster;
+#[cfg(not(feature = "redis"))]
+#[path = "no_cluster.rs"]
+mod cluster;
 #[path = "http.rs"]
 mod http;
+#[path = "nodes.rs"]
+mod nodes;
 #[path = "requests.rs"]
 mod requests;
 #[path = "rooms.rs"]
@@ -47,8 +65,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use wshub::{
-    CloseInfo, Cluster, Compression, Config, ConnId, Ctx, Handler, Message, Reply, Request,
-    Response, SlowConsumer,
+    BrokerEvent, CloseInfo, Cluster, Compression, Config, ConnId, Ctx, Handler, Message, Reply,
+    Request, Response, SlowConsumer,
 };
 
 use self::rules::fail;
@@ -169,6 +187,15 @@ pub struct Options {
     pub max_errors: u32,
     /// See `max_errors`.
     pub error_window: Duration,
+    /// A node of a cluster through the Redis at this URL (cargo feature `redis`).
+    pub redis: Option<String>,
+    /// This node's name in `/stats` (default: random).
+    pub node: Option<String>,
+    /// With `redis`: how long a node's users stay in Redis (names, room members) without
+    /// being renewed. The node's keeper thread renews them every third of it and sweeps
+    /// expired members as often, so the users of a node that died leave their rooms
+    /// (announced by another node) within `presence_ttl`, plus a third of it, plus 100 ms.
+    pub presence_ttl: Duration,
 }
 
 impl Default for Options {
@@ -191,6 +218,9 @@ impl Default for Options {
             per_second: 5.0,
             max_errors: 10,
             error_window: Duration::from_secs(10),
+            redis: None,
+            node: None,
+            presence_ttl: Duration::from_secs(10),
         }
     }
 }
@@ -230,9 +260,9 @@ fn room_topic(room: &str) -> String {
     format!("{ROOM_TOPIC}{room}")
 }
 
-/// A user's connections (tabs).
-fn user_topic(key: u64) -> String {
-    format!("user:{key}")
+/// A user's connections (tabs), on every node: by its public id, the same everywhere.
+fn user_topic(id: &str) -> String {
+    format!("user:{id}")
 }
 
 // ----- timers -----
@@ -241,6 +271,8 @@ fn user_topic(key: u64) -> String {
 const TIMER_SWEEP: u64 = 1;
 const TIMER_ROOM_COUNTS: u64 = 2;
 const TIMER_RESYNC: u64 = 3;
+/// With Redis: loop 0 acts on what the keeper thread found (`nodes::APPLY_EVERY`).
+const TIMER_CLUSTER: u64 = 4;
 /// `TIMER_GRACE + user key`: that user's grace period is over.
 const TIMER_GRACE: u64 = 1 << 40;
 /// How often loop 0 forgets long-offline users (the registry is shared: one loop does it).
@@ -303,7 +335,16 @@ pub fn bind(
     } else {
         config
     };
-    let state = Arc::new(Mutex::new(State::new(opts.clone(), threads)));
+    let mut state = State::new(opts.clone(), threads);
+    let config = match &opts.redis {
+        Some(url) => state.join_cluster(url, config).map_err(io::Error::other)?,
+        None => config,
+    };
+    let clustered = opts.redis.is_some();
+    let state = Arc::new(Mutex::new(state));
+    if clustered {
+        nodes::spawn_keeper(&state).map_err(io::Error::other)?;
+    }
     let mut cluster = Cluster::bind(addr, config, threads, |_| Chat {
         state: Arc::clone(&state),
         opts: opts.clone(),
@@ -316,6 +357,9 @@ pub fn bind(
         let server = cluster.loop_mut(index).expect("a loop of the cluster");
         if index == 0 {
             server.set_timer(SWEEP_EVERY, TIMER_SWEEP);
+            if clustered {
+                server.set_timer(nodes::APPLY_EVERY, TIMER_CLUSTER);
+            }
         }
         if threads > 1 {
             server.set_timer(RESYNC_EVERY, TIMER_RESYNC);
@@ -429,8 +473,16 @@ impl Handler for Chat {
                 drop(self.lock(ctx)); // locking is catching up
                 ctx.set_timer(RESYNC_EVERY, TIMER_RESYNC);
             }
+            TIMER_CLUSTER => {
+                self.lock(ctx).apply_found(ctx);
+                ctx.set_timer(nodes::APPLY_EVERY, TIMER_CLUSTER);
+            }
             t if t > TIMER_GRACE => self.lock(ctx).grace_over(ctx, t - TIMER_GRACE),
             _ => {}
         }
+    }
+
+    fn on_broker(&mut self, ctx: &mut Ctx<'_, Conn>, event: BrokerEvent) {
+        self.lock(ctx).broker_event(ctx, event);
     }
 }

@@ -3,7 +3,6 @@
 //! reaches the users on every loop.
 
 use std::fmt::Write as _;
-use std::iter;
 
 use serde_json::{Value, json};
 use wshub::{Ctx, Frame, Handle, Request, Response, Stats};
@@ -102,23 +101,35 @@ impl State {
         self.totals.pushes += 1;
         if obj.contains_key("room") {
             let room = room_field(&obj).map_err(bad)?;
-            if !self.rooms.contains_key(&room) {
+            // With Redis, a room of any node (this node's alone while Redis is down).
+            let known = self.rooms.contains_key(&room)
+                || (self.cluster.as_mut())
+                    .and_then(|r| r.room_exists(&room))
+                    .unwrap_or(false);
+            if !known {
                 return Err((404, fail("unknown_room", format!("no room named {room:?}"))));
             }
             body["scope"] = "room".into();
             body["room"] = room.as_str().into();
             let msg = self.stamp("push", "server".into(), body);
             let here = self.publish(ctx, &room, msg);
-            let members = self.rooms[&room].members.iter().copied();
-            Ok((here + self.tabs_elsewhere(ctx, members), self.seq))
+            let members: Vec<u64> = (self.rooms.get(&room))
+                .map_or_else(Vec::new, |r| r.members.iter().copied().collect());
+            Ok((
+                here + self.tabs_elsewhere(ctx, members.into_iter()),
+                self.seq,
+            ))
         } else if obj.contains_key("user") {
             let who = str_field(&obj, "user").map_err(bad)?;
-            let key = self.find_user(who).map_err(|f| (404, f))?;
+            let to = self.find_user(who).map_err(|f| (404, f))?;
             body["scope"] = "user".into();
-            body["to"] = self.user_ref(key);
+            body["to"] = to.me();
             let msg = self.stamp("push", "server".into(), body);
-            let here = self.send_to_user(ctx, key, &Frame::text(&msg.to_string()));
-            Ok((here + self.tabs_elsewhere(ctx, iter::once(key)), self.seq))
+            let here = self.send_to_user(ctx, &to.id, &Frame::text(&msg.to_string()));
+            Ok((
+                here + self.tabs_elsewhere(ctx, to.key.into_iter()),
+                self.seq,
+            ))
         } else {
             if obj.get("all") != Some(&Value::Bool(true)) {
                 return Err(bad(fail("bad_field", "field 'all' must be true")));
@@ -221,6 +232,8 @@ impl State {
                 "sign_outs": self.totals.sign_outs,
                 "seq": self.seq,
             },
+            // With --redis: this node, its broker and its Redis state layer (null without).
+            "node": self.node_stats(),
         });
         Response::json(200, body.to_string()).header("Cache-Control", "no-store")
     }
@@ -442,6 +455,7 @@ impl State {
             "Server messages built, each with the next seq (so also the last seq given).",
             self.seq,
         );
+        self.node_metrics(&mut m);
         Response::new(200)
             .header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
             .header("Cache-Control", "no-store")
@@ -457,7 +471,7 @@ impl State {
 /// encoders for a page that is built in one place from numbers at hand. Names, help texts
 /// and label values are constants of this file, so nothing needs escaping.
 #[derive(Default)]
-struct Exposition(String);
+pub(super) struct Exposition(String);
 
 impl Exposition {
     fn family(&mut self, name: &str, kind: &str, help: &str) {
@@ -469,13 +483,19 @@ impl Exposition {
     }
 
     /// A value that goes up and down (connections now, users now).
-    fn gauge(&mut self, name: &str, help: &str, value: usize) {
+    pub(super) fn gauge(&mut self, name: &str, help: &str, value: usize) {
         self.family(name, "gauge", help);
         let _ = writeln!(self.0, "{name} {value}");
     }
 
     /// A gauge split by a label: a sample per `(label value, value)`.
-    fn gauge_by(&mut self, name: &str, help: &str, label: &str, values: &[(String, usize)]) {
+    pub(super) fn gauge_by(
+        &mut self,
+        name: &str,
+        help: &str,
+        label: &str,
+        values: &[(String, usize)],
+    ) {
         self.family(name, "gauge", help);
         for (key, value) in values {
             let _ = writeln!(self.0, "{name}{{{label}=\"{key}\"}} {value}");
@@ -484,12 +504,18 @@ impl Exposition {
 
     /// A total since the server started (a restart starts it from 0 again, which
     /// Prometheus's `rate()` expects of a counter). Its name ends in `_total`.
-    fn counter(&mut self, name: &str, help: &str, value: u64) {
+    pub(super) fn counter(&mut self, name: &str, help: &str, value: u64) {
         self.counter_by(name, help, "", &[("", value)]);
     }
 
     /// One counter split by a label: a sample per `(label value, count)`.
-    fn counter_by(&mut self, name: &str, help: &str, label: &str, values: &[(&str, u64)]) {
+    pub(super) fn counter_by(
+        &mut self,
+        name: &str,
+        help: &str,
+        label: &str,
+        values: &[(&str, u64)],
+    ) {
         debug_assert!(
             name.ends_with("_total"),
             "a counter's name ends in _total: {name}"

@@ -13,9 +13,13 @@
 //! With `--tls-cert` and `--tls-key` it serves `https://` and `wss://` on its one port, and
 //! reloads the two files on SIGHUP (a renewed certificate, without dropping anyone).
 //!
+//! With `--redis URL` (cargo feature `redis`) it is one node of a cluster: several chats on
+//! several ports (or machines) with the same Redis behave as one chat (see README.md,
+//! "Several nodes").
+//!
 //! `ADDR` defaults to `127.0.0.1:8080` (port 0: any free port; the URL printed says which).
-//! The push token may also come from the environment variable `CHAT_PUSH_TOKEN`, and the
-//! number of loops from `CHAT_THREADS`.
+//! The push token may also come from the environment variable `CHAT_PUSH_TOKEN`, the
+//! number of loops from `CHAT_THREADS`, and the Redis URL from `CHAT_REDIS`.
 
 mod chat;
 #[path = "../support/mod.rs"]
@@ -24,7 +28,7 @@ mod support;
 use std::process::ExitCode;
 
 const USAGE: &str = "usage: chat [ADDR] [--threads N] [--push-token TOKEN] [--history N]
-            [--no-deflate] [--tls-cert FILE --tls-key FILE]
+            [--no-deflate] [--tls-cert FILE --tls-key FILE] [--redis URL [--node NAME]]
 A chat hub on one port: the page at /, the socket at /ws, POST /push, GET /stats
 and GET /metrics.
   ADDR               listen address (default 127.0.0.1:8080; port 0 picks a free port)
@@ -38,6 +42,10 @@ and GET /metrics.
   --tls-cert FILE --tls-key FILE
                      serve https:// and wss:// with this PEM certificate chain and key
                      (cargo feature tls); SIGHUP reloads them
+  --redis URL        one node of a cluster through this Redis, e.g.
+                     redis://127.0.0.1:6379 (cargo feature redis; default: $CHAT_REDIS)
+  --node NAME        this node's name in /stats and /metrics: letters, digits, '-',
+                     '_' or '.' (default: random)
   -h, --help         this text
 Prints its URL, then logs, on stdout (RUST_LOG=debug for more).
 Ctrl-C or SIGTERM shuts down gracefully; a second one exits at once.";
@@ -57,6 +65,7 @@ fn main() -> ExitCode {
         push_token: std::env::var("CHAT_PUSH_TOKEN")
             .ok()
             .filter(|t| !t.is_empty()),
+        redis: std::env::var("CHAT_REDIS").ok().filter(|t| !t.is_empty()),
         ..chat::Options::default()
     };
     support::main("chat", USAGE, || parse_args(opts), run)
@@ -76,6 +85,7 @@ fn run(
 ) -> Result<(), String> {
     let with_token = opts.push_token.is_some();
     let history = opts.history;
+    let redis = opts.redis.clone();
     let config = if deflate {
         chat::config()
     } else {
@@ -83,8 +93,15 @@ fn run(
     };
     let config = tls.apply(config)?;
     let scheme = if tls.is_set() { "https" } else { "http" };
+    if redis.is_some() && !cfg!(feature = "redis") {
+        return Err(
+            "--redis needs the chat built with the cargo feature redis: \
+                    cargo run --features redis --example chat -- --redis URL"
+                .to_owned(),
+        );
+    }
     let cluster = chat::bind(&addr, config, opts, threads)
-        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        .map_err(|e| format!("cannot start on {addr}: {e}"))?;
     support::shut_down_on_signals(cluster.handle())?;
     if tls.is_set() {
         support::reload_tls_on_sighup(cluster.handle(), tls)?;
@@ -103,6 +120,9 @@ fn run(
         if threads == 1 { "" } else { "s" },
         if deflate { "on" } else { "off" }
     );
+    if let Some(url) = &redis {
+        log::info!("a node of the cluster on {url}");
+    }
     if !with_token && !local.ip().is_loopback() {
         log::warn!("POST /push is open to anyone who can reach {local}: set --push-token");
     }
@@ -135,6 +155,8 @@ fn parse_args(mut opts: chat::Options) -> Result<Option<Args>, lexopt::Error> {
             Long("no-deflate") => deflate = false,
             Long("tls-cert") => tls.cert = Some(parser.value()?.string()?),
             Long("tls-key") => tls.key = Some(parser.value()?.string()?),
+            Long("redis") => opts.redis = Some(parser.value()?.string()?),
+            Long("node") => opts.node = Some(parse_node(&parser.value()?.string()?)?),
             Value(value) if addr.is_none() => addr = Some(value.string()?),
             _ => return Err(arg.unexpected()),
         }
@@ -156,5 +178,21 @@ fn parse_threads(value: &str, what: &str) -> Result<usize, lexopt::Error> {
             format!("{what} must be a number of loops from 1 to {MAX_THREADS}, not {value:?}")
                 .into(),
         )),
+    }
+}
+
+/// A node name: 1 to 64 letters, digits, '-', '_' or '.' (it is a label in /metrics).
+fn parse_node(value: &str) -> Result<String, lexopt::Error> {
+    let valid = (1..=64).contains(&value.len())
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if valid {
+        Ok(value.to_owned())
+    } else {
+        Err(lexopt::Error::Custom(
+            format!("--node must be 1 to 64 letters, digits, '-', '_' or '.', not {value:?}")
+                .into(),
+        ))
     }
 }

@@ -14,6 +14,20 @@ use super::rules::{Fail, check_text, fail, room_field, str_field};
 use super::state::State;
 use super::{Conn, Options, close};
 
+/// The user a private message or push goes to.
+pub(super) struct Recipient {
+    /// The user's key on this node, if it has one here.
+    pub(super) key: Option<u64>,
+    pub(super) id: String,
+    pub(super) name: String,
+}
+
+impl Recipient {
+    pub(super) fn me(&self) -> Value {
+        json!({ "id": self.id, "name": self.name })
+    }
+}
+
 /// A client's request, well-formed.
 pub(super) enum Request {
     Say { room: String, text: String },
@@ -103,11 +117,16 @@ impl State {
                 Ok(())
             }
             Request::ListRooms => {
-                let rooms: Vec<Value> = self
-                    .rooms
-                    .iter()
-                    .map(|(name, r)| json!({ "name": name, "members": r.members.len() }))
-                    .collect();
+                // With Redis, the cluster's rooms (this node's while Redis is down).
+                let limit = self.opts.max_rooms;
+                let rooms: Vec<Value> = match self.cluster.as_mut().and_then(|r| r.rooms(limit)) {
+                    Some(rooms) => (rooms.into_iter())
+                        .map(|(name, n)| json!({ "name": name, "members": n }))
+                        .collect(),
+                    None => (self.rooms.iter())
+                        .map(|(name, r)| json!({ "name": name, "members": r.members.len() }))
+                        .collect(),
+                };
                 let v = self.stamp("rooms", "server".into(), json!({ "rooms": rooms }));
                 let _ = ctx.send(id, &Frame::text(&v.to_string()));
                 Ok(())
@@ -144,10 +163,15 @@ impl State {
     pub(super) fn publish(&mut self, ctx: &mut Ctx<'_, Conn>, room: &str, msg: Value) -> usize {
         let encoded = msg.to_string();
         let frame = Frame::text(&encoded);
+        let sent = self.send_to_room(ctx, room, &frame);
+        if let Some(redis) = self.cluster.as_mut() {
+            // To the writer thread: the loop does not wait for Redis here.
+            redis.append_history(room, encoded.clone());
+        }
         if let Some(r) = self.rooms.get_mut(room) {
             r.remember(msg, encoded.len(), &self.opts);
         }
-        self.send_to_room(ctx, room, &frame)
+        sent
     }
 
     fn direct(
@@ -159,34 +183,56 @@ impl State {
     ) -> Result<(), Fail> {
         let target = self.find_user(to)?;
         let from = self.user_ref(key);
-        let to_ref = self.user_ref(target);
-        let msg = self.stamp("dm", from, json!({ "to": to_ref, "text": text }));
+        let msg = self.stamp("dm", from, json!({ "to": target.me(), "text": text }));
         let frame = Frame::text(&msg.to_string());
         self.totals.direct_messages += 1;
         // The recipient's tabs, then the sender's (all of them: the page shows its own
-        // message when the echo arrives, so every tab has the same conversation).
-        self.send_to_user(ctx, target, &frame);
-        if target != key {
-            self.send_to_user(ctx, key, &frame);
+        // message when the echo arrives, so every tab has the same conversation), on every
+        // node.
+        self.send_to_user(ctx, &target.id, &frame);
+        if target.key != Some(key) {
+            let me = self.users[&key].id.clone();
+            self.send_to_user(ctx, &me, &frame);
         }
         Ok(())
     }
 
-    /// A present user with connections, by id or (case-insensitive) name.
-    pub(super) fn find_user(&self, who: &str) -> Result<u64, Fail> {
-        let key = self
-            .by_id
-            .get(who)
+    /// A present user with connections, by id or (case-insensitive) name: one of this
+    /// node's, or with Redis, of another node's (one round trip to Redis).
+    pub(super) fn find_user(&mut self, who: &str) -> Result<Recipient, Fail> {
+        let here = (self.by_id.get(who))
             .or_else(|| self.by_name.get(&who.to_lowercase()))
-            .copied()
-            .ok_or_else(|| fail("unknown_user", format!("no user with id or name {who:?}")))?;
-        if self.users[&key].conns.is_empty() {
-            return Err(fail(
+            .copied();
+        if let Some(key) = here {
+            let u = &self.users[&key];
+            if !u.conns.is_empty() {
+                let (id, name) = (u.id.clone(), u.name.clone());
+                return Ok(Recipient {
+                    key: here,
+                    id,
+                    name,
+                });
+            }
+        }
+        if let Some((id, name)) = self
+            .cluster
+            .as_mut()
+            .and_then(|r| r.find_user(who))
+            .flatten()
+        {
+            let key = self.by_id.get(&id).copied();
+            return Ok(Recipient { key, id, name });
+        }
+        match here {
+            Some(key) => Err(fail(
                 "user_offline",
                 format!("{} is not connected", self.users[&key].name),
-            ));
+            )),
+            None => Err(fail(
+                "unknown_user",
+                format!("no user with id or name {who:?}"),
+            )),
         }
-        Ok(key)
     }
 
     /// Sends an `error`, and closes a connection that has had too many of them lately.

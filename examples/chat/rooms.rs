@@ -80,10 +80,21 @@ impl State {
             .rooms
             .insert(room.to_owned());
         self.count_changed(ctx, room);
+        // With Redis, the user may be in the room on another node already (a tab there):
+        // then that is no news. Without Redis (or with it down), it always is.
+        let news = match self.cluster.as_mut() {
+            Some(redis) => {
+                let u = &self.users[&key];
+                (redis.join_room(room, &u.id, &u.name, self.opts.presence_ttl)).unwrap_or(true)
+            }
+            None => true,
+        };
         // The other members hear of it before the newcomer's tabs follow the room.
-        let from = self.user_ref(key);
-        let presence = self.stamp("presence", from, json!({ "event": "join", "room": room }));
-        self.send_to_room(ctx, room, &Frame::text(&presence.to_string()));
+        if news {
+            let from = self.user_ref(key);
+            let presence = self.stamp("presence", from, json!({ "event": "join", "room": room }));
+            self.send_to_room(ctx, room, &Frame::text(&presence.to_string()));
+        }
         self.follow_room(ctx, key, room, true);
         let frame = self.room_state(room);
         self.send_to_tabs_here(ctx, key, &frame);
@@ -115,9 +126,43 @@ impl State {
         Ok(())
     }
 
-    /// `joined`: the room's members (sorted by name) and history.
+    /// `joined`: the room's members (sorted by name) and history; with Redis, those of
+    /// every node (this node's alone while Redis is down).
     pub(super) fn room_state(&mut self, room: &str) -> Frame {
-        let r = &self.rooms[room];
+        let history = self.opts.history;
+        if let Some(view) = self.cluster.as_mut().and_then(|r| r.room(room, history)) {
+            let mut members: Vec<(String, String, String)> = (view.members.into_iter())
+                .map(|(id, name)| (name.to_lowercase(), id, name))
+                .collect();
+            members.sort();
+            members.dedup_by(|a, b| a.1 == b.1);
+            let members: Vec<Value> = (members.into_iter())
+                .map(|(_, id, name)| json!({ "id": id, "name": name }))
+                .collect();
+            // The newest that fit in `history_bytes`, as the node's own history keeps.
+            let mut bytes = 0;
+            let mut kept: Vec<Value> = (view.history.into_iter().rev())
+                .take_while(|v| {
+                    bytes += v.to_string().len();
+                    bytes <= self.opts.history_bytes
+                })
+                .collect();
+            kept.reverse();
+            let v = self.stamp(
+                "joined",
+                "server".into(),
+                json!({ "room": room, "members": members, "history": kept }),
+            );
+            return Frame::text(&v.to_string());
+        }
+        let Some(r) = self.rooms.get(room) else {
+            let v = self.stamp(
+                "joined",
+                "server".into(),
+                json!({ "room": room, "members": [], "history": [] }),
+            );
+            return Frame::text(&v.to_string());
+        };
         let mut members: Vec<(String, &User)> = r
             .members
             .iter()
@@ -173,9 +218,18 @@ impl State {
             r.last_active = Instant::now();
         }
         self.count_changed(ctx, room);
-        let from = self.user_ref(key);
-        let presence = self.stamp("presence", from, json!({ "event": "leave", "room": room }));
-        self.send_to_room(ctx, room, &Frame::text(&presence.to_string()));
+        // With Redis, the node whose ZREM removed the member tells the room: not this one
+        // when the user is still in it from another node's tab... until that node's next
+        // refresh puts it back, or when a sweep got there first.
+        let news = match (self.cluster.as_mut(), self.users.get(&key)) {
+            (Some(redis), Some(u)) => redis.leave_room(room, &u.id, &u.name).unwrap_or(true),
+            _ => true,
+        };
+        if news {
+            let from = self.user_ref(key);
+            let presence = self.stamp("presence", from, json!({ "event": "leave", "room": room }));
+            self.send_to_room(ctx, room, &Frame::text(&presence.to_string()));
+        }
     }
 
     // ----- catching up with the other loops -----
@@ -271,16 +325,24 @@ impl State {
     /// gets at most one per interval, of bounded size; the rest follows next interval.
     pub(super) fn send_room_counts(&mut self, ctx: &mut Ctx<'_, Conn>) {
         self.counts_timer = false;
-        let mut rooms = Vec::new();
-        while rooms.len() < ROOM_COUNTS_ROOMS {
+        let mut names = Vec::new();
+        while names.len() < ROOM_COUNTS_ROOMS {
             let Some(name) = self.counts_dirty.pop_first() else {
                 break;
             };
-            rooms.push(match self.rooms.get(&name) {
-                Some(r) => json!({ "name": name, "members": r.members.len() }),
-                None => json!({ "name": name, "members": 0, "removed": true }),
-            });
+            names.push(name);
         }
+        // With Redis, the counts of every node (the node's own while Redis is down).
+        let counted = self.cluster.as_mut().and_then(|r| r.counts(&names));
+        let rooms: Vec<Value> = (names.into_iter().enumerate())
+            .map(|(i, name)| match (self.rooms.get(&name), &counted) {
+                (_, Some(counts)) => {
+                    json!({ "name": name, "members": counts.get(i).copied().unwrap_or(0) })
+                }
+                (Some(r), None) => json!({ "name": name, "members": r.members.len() }),
+                (None, None) => json!({ "name": name, "members": 0, "removed": true }),
+            })
+            .collect();
         if rooms.is_empty() {
             return;
         }

@@ -100,6 +100,14 @@ pub(super) fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// Microseconds since the Unix epoch (2^53, where JavaScript numbers stop being exact, is
+/// in the year 2255).
+pub(super) fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
 /// `n` random bytes from the operating system (`getrandom(2)` on Linux), as hex.
 pub(super) fn random_hex(n: usize) -> Result<String, getrandom::Error> {
     let mut bytes = vec![0u8; n];

@@ -16,7 +16,9 @@ use std::time::Instant;
 use serde_json::{Map, Value, json};
 use wshub::{ConnId, Ctx, Frame, Handle, TimerId};
 
-use super::rules::{Fail, check_name, fail, now_ms, random_hex};
+use super::cluster::{Counters, Redis};
+use super::nodes::Found;
+use super::rules::{Fail, check_name, fail, now_ms, now_us, random_hex};
 use super::{
     Conn, JoinRequest, LOBBY, MAX_NAME_CHARS, Options, SIGNED_IN, TIMER_GRACE, close, room_topic,
     user_topic,
@@ -79,8 +81,9 @@ pub(super) struct Todo {
 /// The chat's shared state: users, rooms, history.
 pub(super) struct State {
     pub(super) opts: Options,
-    /// Random per process: clients that see it change know the server restarted.
-    instance: String,
+    /// Random per process (per cluster, with Redis): clients that see it change know the
+    /// server restarted.
+    pub(super) instance: String,
     pub(super) seq: u64,
     next_key: u64,
     pub(super) users: HashMap<u64, User>,
@@ -105,6 +108,15 @@ pub(super) struct State {
     pub(super) signed_in: Vec<usize>,
     /// Per loop, what it has to do for its own connections.
     pub(super) todo: Vec<Todo>,
+    /// With `--redis`: the state the nodes share (`nodes.rs`, `cluster.rs`).
+    pub(super) cluster: Option<Redis>,
+    /// The broker lost Redis since this node's users were last put there.
+    pub(super) lost_redis: bool,
+    /// How long the keeper's last refresh and sweep took, what it found for loop 0 to act
+    /// on, and its counters (`nodes.rs`).
+    pub(super) last_tick: std::time::Duration,
+    pub(super) found: Found,
+    pub(super) keeper: Counters,
 }
 
 impl State {
@@ -131,6 +143,11 @@ impl State {
             handle: None,
             signed_in: vec![0; loops],
             todo: (0..loops).map(|_| Todo::default()).collect(),
+            cluster: None,
+            lost_redis: false,
+            last_tick: std::time::Duration::ZERO,
+            found: Found::default(),
+            keeper: Counters::default(),
         }
     }
 
@@ -148,8 +165,18 @@ impl State {
     /// A server→client message: `body` (an object) plus `type`, `from`, `ts` and `seq`.
     /// The lock is held from here until the message is sent, so `seq`s are handed to each
     /// loop in order.
+    ///
+    /// With Redis, each node has its own counter, kept close to the others' by the clock:
+    /// the next `seq` is the time in microseconds, or one more than the last if that is
+    /// later. A node's `seq`s still increase, and those of nodes with synchronized clocks
+    /// follow the order things happened in (a page dedups by `seq` in a set, so the rare
+    /// out-of-order arrival across nodes is shown, not dropped).
     pub(super) fn stamp(&mut self, kind: &str, from: Value, body: Value) -> Value {
-        self.seq += 1;
+        self.seq = if self.cluster.is_some() {
+            (self.seq + 1).max(now_us())
+        } else {
+            self.seq + 1
+        };
         let mut map = match body {
             Value::Object(map) => map,
             _ => Map::new(),
@@ -179,8 +206,8 @@ impl State {
 
     /// One frame to every connection of a user, on every loop (its topic): encoded once,
     /// sent to each tab. Returns how many tabs of this loop it was queued for.
-    pub(super) fn send_to_user(&self, ctx: &mut Ctx<'_, Conn>, key: u64, frame: &Frame) -> usize {
-        ctx.publish(&user_topic(key), frame).queued
+    pub(super) fn send_to_user(&self, ctx: &mut Ctx<'_, Conn>, id: &str, frame: &Frame) -> usize {
+        ctx.publish(&user_topic(id), frame).queued
     }
 
     /// One frame to a user's connections on this loop (those that follow the rooms this
@@ -232,7 +259,7 @@ impl State {
                 let user = &self.users[&key];
                 // This tab follows everything its user does: the user's own topic (DMs,
                 // pushes), the signed-in users', and the user's rooms.
-                let _ = ctx.subscribe(id, &user_topic(key));
+                let _ = ctx.subscribe(id, &user_topic(&user.id));
                 let _ = ctx.subscribe(id, SIGNED_IN);
                 for room in &user.rooms {
                     let _ = ctx.subscribe(id, &room_topic(room));
@@ -319,27 +346,51 @@ impl State {
                 }
                 Presence::Offline(_) => {
                     // Back after a while: same id, possibly a new name.
-                    let name = self.free_name(join.name)?;
-                    self.check_addr_quota(join.addr)?;
+                    let public_id = user.id.clone();
+                    let name = self.free_name(join.name, &public_id)?;
+                    self.check_addr_quota(join.addr)
+                        .inspect_err(|_| self.release_name(&public_id, &name))?;
                     self.users.get_mut(&key).expect("user").name = name;
                     self.come_online(key, id, join.addr);
                     return Ok((key, true));
                 }
             }
         }
-        let name = self.free_name(join.name)?;
-        self.check_addr_quota(join.addr)?;
-        // The token is a bearer secret: without the OS's randomness there is no safe one to
-        // give, so the user is refused rather than given a guessable token.
-        let (Ok(public_id), Ok(token)) = (random_hex(8), random_hex(16)) else {
-            return Err((
-                fail(
-                    "server_error",
-                    "the server cannot make a secret token right now: try again later",
-                ),
-                close::SERVER_ERROR,
-            ));
+        // With Redis, a token this node does not know may be another node's user: the
+        // same user (id, name) comes online here too.
+        let elsewhere = match (&join.token, &mut self.cluster) {
+            (Some(token), Some(redis)) => redis
+                .find_session(token)
+                .flatten()
+                .map(|(id, name)| (id, token.clone(), name)),
+            _ => None,
         };
+        let (public_id, token, name) = match elsewhere {
+            Some((public_id, token, name)) => {
+                // Its name is its own already, unless it lapsed and someone took it.
+                let name = self
+                    .free_name(Some(name), &public_id)
+                    .or_else(|_| self.free_name(join.name, &public_id))?;
+                (public_id, token, name)
+            }
+            None => {
+                // The token is a bearer secret: without the OS's randomness there is no safe
+                // one to give, so the user is refused rather than given a guessable token.
+                let (Ok(public_id), Ok(token)) = (random_hex(8), random_hex(16)) else {
+                    return Err((
+                        fail(
+                            "server_error",
+                            "the server cannot make a secret token right now: try again later",
+                        ),
+                        close::SERVER_ERROR,
+                    ));
+                };
+                let name = self.free_name(join.name, &public_id)?;
+                (public_id, token, name)
+            }
+        };
+        self.check_addr_quota(join.addr)
+            .inspect_err(|_| self.release_name(&public_id, &name))?;
         let key = self.next_key;
         self.next_key += 1;
         let user = User {
@@ -387,10 +438,17 @@ impl State {
         }
     }
 
-    /// A valid name that no present user has.
-    fn free_name(&self, name: Option<String>) -> Result<String, (Fail, u16)> {
+    /// A valid name that no present user has (on any node, with Redis: then it is taken
+    /// for user `id` there; with Redis down, this node's users are all it can ask).
+    fn free_name(&mut self, name: Option<String>, id: &str) -> Result<String, (Fail, u16)> {
         let name = check_name(name.as_deref()).map_err(|f| (f, close::INVALID_NAME))?;
-        if self.by_name.contains_key(&name.to_lowercase()) {
+        let taken_here = self.by_name.contains_key(&name.to_lowercase());
+        let ttl = self.opts.presence_ttl;
+        let taken = taken_here
+            || (self.cluster.as_mut())
+                .and_then(|redis| redis.claim_name(id, &name, ttl))
+                .is_some_and(|claimed| !claimed);
+        if taken {
             return Err((
                 fail(
                     "name_taken",
@@ -402,8 +460,18 @@ impl State {
         Ok(name)
     }
 
+    /// Gives a name back in Redis (this node's users leave `by_name` themselves).
+    fn release_name(&mut self, id: &str, name: &str) {
+        if let Some(redis) = self.cluster.as_mut() {
+            redis.release_name(id, name);
+        }
+    }
+
     fn come_online(&mut self, key: u64, id: ConnId, addr: Option<IpAddr>) {
         let user = self.users.get_mut(&key).expect("user");
+        if let Some(redis) = self.cluster.as_mut() {
+            redis.save_session(&user.token, &user.id, &user.name, self.opts.session_ttl);
+        }
         user.presence = Presence::Online;
         user.conns.push(id);
         user.addr = addr;
@@ -467,6 +535,9 @@ impl State {
         if self.by_name.get(&lower) == Some(&key) {
             self.by_name.remove(&lower);
         }
+        // With Redis the name is not released here: the user may still be present from
+        // another node (a tab there), whose refresh keeps it; if not, it lapses within
+        // `presence_ttl`. (A sign-out releases it at once.)
         self.release_addr(addr);
         self.offline.push_back((key, now));
     }
@@ -502,6 +573,9 @@ impl State {
         let lower = user.name.to_lowercase();
         if self.by_name.get(&lower) == Some(&key) {
             self.by_name.remove(&lower);
+        }
+        if let Some(redis) = self.cluster.as_mut() {
+            redis.sign_out(&user.token, &user.id, &user.name);
         }
         // (No grace timer to cancel: the request came on one of the user's connections.)
         self.totals.sign_outs += 1;
