@@ -974,6 +974,57 @@ fn redis_killed_and_restarted_local_delivery_goes_on_and_cross_node_delivery_res
     b.stop();
 }
 
+/// A node that publishes nothing while Redis is away has a publishing connection that
+/// died with Redis; its first frame after `Up` must not be lost on it.
+#[test]
+fn the_first_frame_after_redis_is_back_crosses_even_from_a_node_silent_meanwhile() {
+    let mut redis = Redis::start();
+    let port = redis.port;
+    let a = node(broker(&redis.url()));
+    let b = node(broker(&redis.url()));
+    wait_connected(&[&a, &b]);
+    let mut a1 = a.client();
+    let mut b1 = b.client();
+    a1.sub(ROOM);
+    b1.sub(ROOM);
+    wait_numsub(&redis, ROOM_CHANNEL, 2);
+    a1.publish(ROOM, "before");
+    b1.expect("b1", &["before".to_owned()]);
+
+    redis.kill9();
+    let down = [(0, BrokerEvent::Up { gap: false }), (0, BrokerEvent::Down)];
+    assert!(
+        wait_until(WAIT, || a.events() == down && b.events() == down),
+        "no Down on both nodes: A {:?}, B {:?}",
+        a.events(),
+        b.events()
+    );
+    thread::sleep(Duration::from_millis(300));
+    let redis = Redis::start_on(port);
+    let up = [
+        (0, BrokerEvent::Up { gap: false }),
+        (0, BrokerEvent::Down),
+        (0, BrokerEvent::Up { gap: true }),
+    ];
+    assert!(
+        wait_until(WAIT, || a.events() == up && b.events() == up),
+        "no Up on both nodes: A {:?}, B {:?}",
+        a.events(),
+        b.events()
+    );
+    // At once, with nothing sent on A since Redis died.
+    a1.publish(ROOM, "first after");
+    b1.expect("b1 after the restart", &["first after".to_owned()]);
+    a1.expect("a1", &["before".to_owned(), "first after".to_owned()]);
+    quiet_all(&mut [("a1", &mut a1), ("b1", &mut b1)]);
+    let sa = a.stats();
+    assert_eq!((sa.published, sa.publish_failures), (2, 0), "A: {sa:?}");
+    assert_eq!(redis.subscribers(ROOM_CHANNEL), 2);
+    close_all([a1, b1]);
+    a.stop();
+    b.stop();
+}
+
 // ----- 7. Redis not there at start -----
 
 #[test]

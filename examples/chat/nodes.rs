@@ -116,9 +116,6 @@ fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
     state.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// A topic nobody subscribes to (see `BrokerEvent::Down`).
-const PROBE: &str = "probe";
-
 impl State {
     /// Makes this state a node of the cluster on the Redis at `url`: the state layer, the
     /// cluster's `instance`, and `config` with the broker.
@@ -197,12 +194,6 @@ impl State {
             BrokerEvent::Down => {
                 if redis.is_up() {
                     log::warn!("redis is down: this node goes on alone");
-                    // The broker's publishing connection finds out that Redis is gone only
-                    // when it next publishes; a node that says nothing during the outage
-                    // would lose the first frame after it (sent on the dead connection).
-                    // An empty frame to a topic nobody follows makes it find out now, and
-                    // so reconnect as soon as Redis is back.
-                    ctx.publish(PROBE, &Frame::text(""));
                 }
                 redis.set_down(true);
                 self.lost_redis = true;

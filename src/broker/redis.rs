@@ -84,10 +84,10 @@ struct Shared {
     /// subscribing thread last looked.
     wanted: Mutex<Wanted>,
     stop: AtomicBool,
-    /// Set by the subscribing thread when it got through to Redis again: a disconnected
-    /// publishing thread tries at once rather than at its next backoff step, so that
-    /// frames published after `Up` are not lost to a connection still waiting to retry.
-    redis_back: AtomicBool,
+    /// How many times the subscribing thread lost Redis. The publishing thread drops a
+    /// connection made before the latest loss: it may be a dead socket to a Redis that
+    /// restarted, which only its next pipeline would find out (losing that batch).
+    losses: AtomicU64,
     counters: Counters,
 }
 
@@ -260,29 +260,18 @@ impl Link {
 /// The publishing thread: batches from the queue, one pipeline each.
 fn publishing(link: &Link, shared: &Shared, queue: &Receiver<(Arc<str>, Frame)>) {
     let counters = &shared.counters;
-    let mut conn = None;
-    let mut backoff = Backoff::default();
+    let mut publisher = Publisher {
+        link,
+        shared,
+        conn: None,
+        backoff: Backoff::default(),
+    };
     let mut batch = Vec::with_capacity(BATCH);
     let mut message = Vec::new();
     while !shared.stopping() {
-        if conn.is_none() && shared.redis_back.swap(false, Ordering::AcqRel) {
-            backoff.reset();
-        }
-        if conn.is_none() && backoff.due() {
-            match link.connect() {
-                Ok(c) => {
-                    if backoff.failed_before() {
-                        log::info!("Redis broker: publishing connection back");
-                    }
-                    conn = Some(c);
-                    backoff.reset();
-                    counters.publisher_up.store(true, Ordering::Relaxed);
-                }
-                Err(e) => backoff.failed(&format!("publishing connection: {e}")),
-            }
-        }
-        // Disconnected, look again soon: Redis may be back (see `redis_back`).
-        let wait = if conn.is_some() { 100 } else { 10 };
+        publisher.check();
+        // Disconnected, look again soon: Redis may be back.
+        let wait = if publisher.conn.is_some() { 100 } else { 10 };
         match queue.recv_timeout(Duration::from_millis(wait)) {
             Ok(item) => batch.push(item),
             Err(RecvTimeoutError::Timeout) => continue,
@@ -295,7 +284,8 @@ fn publishing(link: &Link, shared: &Shared, queue: &Receiver<(Arc<str>, Frame)>)
             }
         }
         let n = batch.len() as u64;
-        let Some(c) = conn.as_mut() else {
+        publisher.check();
+        let Some((c, _)) = publisher.conn.as_mut() else {
             counters.publish_failures.fetch_add(n, Ordering::Relaxed);
             batch.clear();
             continue;
@@ -317,11 +307,58 @@ fn publishing(link: &Link, shared: &Shared, queue: &Receiver<(Arc<str>, Frame)>)
             }
             Err(e) => {
                 counters.publish_failures.fetch_add(n, Ordering::Relaxed);
-                counters.publisher_up.store(false, Ordering::Relaxed);
-                conn = None;
-                backoff.failed(&format!("publishing failed: {e}"));
+                publisher.lost(&format!("publishing failed: {e}"));
             }
         }
+    }
+}
+
+/// The publishing thread's connection, and when to try again without one.
+struct Publisher<'a> {
+    link: &'a Link,
+    shared: &'a Shared,
+    /// The connection, with the subscribing thread's loss count when it was made.
+    conn: Option<(redis::Connection, u64)>,
+    backoff: Backoff,
+}
+
+impl Publisher<'_> {
+    /// Drops a connection older than Redis' latest loss, and connects when due: on the
+    /// backoff's schedule, or at once while the subscribing thread is connected (Redis
+    /// answers, and frames published after `Up` must not wait out a backoff step).
+    fn check(&mut self) {
+        let counters = &self.shared.counters;
+        let losses = self.shared.losses.load(Ordering::Acquire);
+        if self.conn.as_ref().is_some_and(|(_, at)| *at != losses) {
+            log::info!("Redis broker: Redis was lost meanwhile; new publishing connection");
+            self.conn = None;
+            counters.publisher_up.store(false, Ordering::Relaxed);
+            self.backoff.reset();
+        }
+        let redis_answers = counters.subscriber_up.load(Ordering::Relaxed);
+        if self.conn.is_some() || !(self.backoff.due() || redis_answers) {
+            return;
+        }
+        match self.link.connect() {
+            Ok(c) => {
+                if self.backoff.failed_before() {
+                    log::info!("Redis broker: publishing connection back");
+                }
+                self.conn = Some((c, losses));
+                self.backoff.reset();
+                counters.publisher_up.store(true, Ordering::Relaxed);
+            }
+            Err(e) => self.backoff.failed(&format!("publishing connection: {e}")),
+        }
+    }
+
+    fn lost(&mut self, what: &str) {
+        self.conn = None;
+        self.shared
+            .counters
+            .publisher_up
+            .store(false, Ordering::Relaxed);
+        self.backoff.failed(what);
     }
 }
 
@@ -336,10 +373,7 @@ fn subscribing(link: &Link, shared: &Shared, node: &Handle) {
             continue;
         }
         let mut conn = match link.connect() {
-            Ok(conn) => {
-                shared.redis_back.store(true, Ordering::Release);
-                conn
-            }
+            Ok(conn) => conn,
             Err(e) => {
                 backoff.failed(&format!("subscribing connection: {e}"));
                 continue;
@@ -351,6 +385,7 @@ fn subscribing(link: &Link, shared: &Shared, node: &Handle) {
         if let Err(e) = result {
             // Down once per loss: an attempt that never came up is no news.
             if was_connected {
+                shared.losses.fetch_add(1, Ordering::AcqRel);
                 let _ = node.broker_event(BrokerEvent::Down);
             }
             backoff.failed(&format!("subscribing connection lost: {e}"));
