@@ -297,6 +297,7 @@ fn a_broadcast_reaches_every_tls_client_complete_and_in_order() {
             }
         }
     }
+    server.assert_every_loop_accepted(); // (20 clients)
 }
 
 #[test]

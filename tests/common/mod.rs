@@ -1,4 +1,10 @@
 //! Shared test support: a server on a background thread, and real clients on loopback.
+//!
+//! One or several loops: `start(config, clone_per_loop(app))` (or `each_loop(|i| ...)`)
+//! runs the test's server on `WSHUB_TEST_LOOPS` loops (default 1: a plain `Server`; 2 or
+//! more: a `Cluster` on one port, connections spread by the kernel), so the same test runs
+//! both ways (`WSHUB_TEST_LOOPS=2 cargo test --tests`). `start(config, app)` with a bare
+//! handler is always one `Server`: for tests that assume one loop, each saying why.
 #![allow(dead_code)] // each test file uses a different part of this
 
 pub mod deflate;
