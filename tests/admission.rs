@@ -13,6 +13,7 @@ use common::*;
 use wshub::{Config, ConnId, Ctx, Frame, Handler, Message, Reply, Request, Response};
 
 /// Upgrades `/ws`, answers other paths as plain HTTP, echoes text.
+#[derive(Clone)]
 struct Gate;
 
 impl Handler for Gate {
@@ -51,6 +52,7 @@ fn silent_sockets(server: &TestServer<Gate>, n: usize) -> Vec<std::net::TcpStrea
 
 #[test]
 fn silent_sockets_over_max_handshakes_are_evicted_not_newcomers() {
+    // One loop: exact eviction counts of a `max_handshakes` that a cluster splits over its loops.
     let server = start(Config::default().max_handshakes(20), Gate);
     let mut silent = silent_sockets(&server, 100);
     assert!(wait_until(Duration::from_secs(5), || {
@@ -73,7 +75,7 @@ fn silent_sockets_over_max_handshakes_are_evicted_not_newcomers() {
 
 #[test]
 fn slowloris_and_silent_sockets_together_still_let_clients_in() {
-    let server = start(Config::default().max_handshakes(30), Gate);
+    let server = start(Config::default().max_handshakes(30), clone_per_loop(Gate));
     let mut sockets = Vec::new();
     for i in 0..60u8 {
         let mut s = connect_from(server.addr, Ipv4Addr::new(127, 0, 1, 1 + i));
@@ -93,6 +95,7 @@ fn slowloris_and_silent_sockets_together_still_let_clients_in() {
 
 #[test]
 fn over_the_per_address_handshake_limit_the_client_reads_its_503() {
+    // One loop: per-address limits apply to each loop, and these sockets land on either.
     let server = start(Config::default().max_handshakes_per_addr(3), Gate);
     let _idle: Vec<_> = (0..3).map(|_| raw_connect(server.addr)).collect();
     assert!(wait_until(Duration::from_secs(5), || {
@@ -118,6 +121,7 @@ fn over_the_per_address_handshake_limit_the_client_reads_its_503() {
 
 #[test]
 fn over_the_per_address_connection_limit_a_newcomer_gets_503_until_one_leaves() {
+    // One loop: per-address limits apply to each loop, and these sockets land on either.
     let server = start(Config::default().max_connections_per_addr(2), Gate);
     let a = connect(&server.url("/ws"));
     let mut b = connect(&server.url("/ws"));
@@ -140,6 +144,7 @@ fn the_handshake_deadline_shrinks_as_the_slots_fill() {
     let config = Config::default()
         .max_handshakes(10)
         .handshake_timeout(Duration::from_secs(10));
+    // One loop: deadlines from the fill of a `max_handshakes` that a cluster splits over its loops.
     let server = start(config, Gate);
     let mut first = raw_connect(server.addr);
     let mut rest: Vec<_> = (0..8).map(|_| raw_connect(server.addr)).collect();

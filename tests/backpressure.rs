@@ -40,12 +40,29 @@ fn payload(seq: u64) -> Vec<u8> {
 
 /// Broadcasts a 1 KiB binary frame for every sequence number a client sends as text;
 /// records deliveries, drains and closes. Connections are named by their path.
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct Fanout {
     delivered: Delivery,
     drains: Vec<(String, usize)>,
     closes: Vec<(String, CloseInfo)>,
     opened: usize,
+}
+
+impl Fanout {
+    /// What the loops' handlers recorded, together. (A `Delivery` counts the connections
+    /// of the loop that broadcast, so `delivered` is the whole server's on one loop only.)
+    fn merged(loops: Vec<Fanout>) -> Fanout {
+        let mut all = Fanout::default();
+        for f in loops {
+            all.delivered.queued += f.delivered.queued;
+            all.delivered.dropped += f.delivered.dropped;
+            all.delivered.closed += f.delivered.closed;
+            all.drains.extend(f.drains);
+            all.closes.extend(f.closes);
+            all.opened += f.opened;
+        }
+        all
+    }
 }
 
 impl Handler for Fanout {
@@ -176,7 +193,7 @@ struct FanoutRun {
 
 /// `fast` clients (the first also produces) get `n` broadcasts while `slow` never reads.
 fn fanout_with_slow_consumer(config: Config, fast: usize, n: u64, window: u64) -> FanoutRun {
-    let server = start(config, Fanout::default());
+    let server = start(config, clone_per_loop(Fanout::default()));
     // The slow client connects in the middle of the table, with a small receive buffer so the
     // kernel holds little for it.
     let mut clients: Vec<RawWs> = (0..fast / 2)
@@ -187,6 +204,7 @@ fn fanout_with_slow_consumer(config: Config, fast: usize, n: u64, window: u64) -
     assert!(wait_until(Duration::from_secs(10), || {
         server.handle.stats().open_connections == fast + 1
     }));
+    server.assert_every_loop_accepted(); // (21 clients or more)
 
     let producer_out = clients[0].stream.try_clone().unwrap();
     let abort = Arc::new(AtomicBool::new(false));
@@ -304,13 +322,17 @@ fn a_slow_consumer_is_closed_while_199_others_get_all_20000_broadcasts_in_order(
     );
 
     drop(fast);
-    let (fanout, result) = server.stop();
+    let loops = server.loops;
+    let (fanouts, result) = server.stop();
     result.unwrap();
+    let fanout = Fanout::merged(fanouts);
     assert_eq!(fanout.opened, FAST + 1);
-    assert_eq!(fanout.delivered.closed, 1);
-    assert_eq!(fanout.delivered.dropped, 0);
-    // Every fast client got every broadcast; the slow one some before it was closed.
-    assert!(fanout.delivered.queued >= FAST * N as usize + next as usize);
+    if loops == 1 {
+        assert_eq!(fanout.delivered.closed, 1);
+        assert_eq!(fanout.delivered.dropped, 0);
+        // Every fast client got every broadcast; the slow one some before it was closed.
+        assert!(fanout.delivered.queued >= FAST * N as usize + next as usize);
+    }
     let slow_closes: Vec<&CloseInfo> = fanout
         .closes
         .iter()
@@ -391,10 +413,14 @@ fn drop_message_skips_only_the_slow_consumer_and_counts_what_it_missed() {
         assert_eq!(ws.expect_frame(), Some((0x80 | OP_TEXT, b"final".to_vec())));
     }
     drop((fast, slow));
-    let (fanout, result) = server.stop();
+    let loops = server.loops;
+    let (fanouts, result) = server.stop();
     result.unwrap();
-    assert_eq!(fanout.delivered.dropped as u64, N - binaries);
-    assert_eq!(fanout.delivered.closed, 0);
+    let fanout = Fanout::merged(fanouts);
+    if loops == 1 {
+        assert_eq!(fanout.delivered.dropped as u64, N - binaries);
+        assert_eq!(fanout.delivered.closed, 0);
+    }
     let slow_drains = fanout.drains.iter().filter(|(n, _)| n == "/slow").count();
     assert_eq!(slow_drains as u64, drained_texts, "{:?}", fanout.drains);
     for (name, buffered) in &fanout.drains {
@@ -406,7 +432,7 @@ fn drop_message_skips_only_the_slow_consumer_and_counts_what_it_missed() {
 
 /// On "fill": sends 4 KiB frames to the sender (which does not read) until two sends have
 /// failed, recording every result and the queue length right after the first failure.
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct Filler {
     results: Vec<Result<(), SendError>>,
     after_failure: Option<usize>,
@@ -442,7 +468,7 @@ fn fill_once(policy: SlowConsumer) -> (Filler, usize) {
         .max_backpressure(FILL_LIMIT)
         .slow_consumer(policy)
         .close_timeout(Duration::from_secs(5));
-    let server = start(config, Filler::default());
+    let server = start(config, clone_per_loop(Filler::default()));
     let mut ws = RawWs::upgrade(connect_with_rcvbuf(server.addr, 16 * 1024), "/");
     ws.send(OP_TEXT, b"fill").unwrap();
     // Not reading until the callback is over (the server may write during it).
@@ -479,9 +505,11 @@ fn fill_once(policy: SlowConsumer) -> (Filler, usize) {
         }
     }
     drop(ws);
-    let (filler, result) = server.stop();
+    let (fillers, result) = server.stop();
     result.unwrap();
-    (filler, frames)
+    // The loop the client landed on filled it; the others saw no message.
+    let mut filler = fillers.into_iter().filter(|f| !f.results.is_empty());
+    (filler.next().expect("a loop filled"), frames)
 }
 
 /// The results are some `Ok`s (at least the four that fit the queue; more if the socket
@@ -533,7 +561,7 @@ fn send_reports_dropped_under_the_drop_message_policy() {
 // ----- peers that write but do not read -----
 
 /// Echoes text; counts refused echoes.
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct Echo {
     refused: u64,
 }
@@ -612,7 +640,7 @@ fn flooding_writer(policy: SlowConsumer) -> (Echo, wshub::Stats, u64) {
         .max_backpressure(LIMIT)
         .slow_consumer(policy)
         .close_timeout(Duration::from_millis(500));
-    let server = start(config, Echo::default());
+    let server = start(config, clone_per_loop(Echo::default()));
     let flooder = flood(
         RawWs::upgrade(connect_with_rcvbuf(server.addr, 16 * 1024), "/"),
         Duration::from_secs(4),
@@ -626,8 +654,11 @@ fn flooding_writer(policy: SlowConsumer) -> (Echo, wshub::Stats, u64) {
          the flooder ({written} bytes in 4 s) and did not get to the others"
     );
     let handle = server.handle.clone();
-    let (echo, result) = server.stop();
+    let (echoes, result) = server.stop();
     result.unwrap();
+    let echo = Echo {
+        refused: echoes.iter().map(|e| e.refused).sum(),
+    };
     // The final counters, published by the last loop turn.
     let stats = handle.stats();
     assert!(
@@ -662,7 +693,7 @@ fn a_ping_flood_pauses_reading_and_every_ping_still_gets_its_pong() {
     let config = Config::default()
         .max_backpressure(LIMIT)
         .drain_watermark(16 * 1024);
-    let server = start(config, Echo::default());
+    let server = start(config, clone_per_loop(Echo::default()));
     let mut ws = RawWs::upgrade(connect_with_rcvbuf(server.addr, 16 * 1024), "/");
     let mut out = ws.stream.try_clone().unwrap();
     out.set_write_timeout(Some(Duration::from_millis(500)))
@@ -742,7 +773,7 @@ fn a_ping_flood_pauses_reading_and_every_ping_still_gets_its_pong() {
 // ----- on_drain -----
 
 /// On open, queues 128 frames of 64 KiB; on drain, says so.
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct Burst {
     drains: Arc<Mutex<Vec<usize>>>,
 }
@@ -776,7 +807,7 @@ fn on_drain_fires_once_a_reader_that_stopped_catches_up() {
     let config = Config::default()
         .max_backpressure(16 << 20)
         .drain_watermark(64 * 1024);
-    let server = start(config, burst);
+    let server = start(config, clone_per_loop(burst));
     let mut ws = RawWs::upgrade(connect_with_rcvbuf(server.addr, 16 * 1024), "/");
     // Not reading: most of the 8 MiB pile up in the server's queue (the kernel takes a few
     // MiB), far over the watermark.
@@ -808,6 +839,7 @@ fn on_drain_fires_once_a_reader_that_stopped_catches_up() {
 
 /// Streams `TOTAL` frames of 16 KiB to each connection, pausing while its queue is over
 /// the watermark and resuming in `on_drain`: the producer pattern `on_drain` exists for.
+#[derive(Clone)]
 struct Stream;
 
 const TOTAL: u32 = 2_000;
@@ -849,7 +881,7 @@ fn a_producer_paused_over_the_watermark_is_resumed_by_on_drain() {
     let config = Config::default()
         .max_backpressure(1 << 20)
         .drain_watermark(WATERMARK);
-    let server = start(config, Stream);
+    let server = start(config, clone_per_loop(Stream));
     let mut ws = RawWs::connect(server.addr, "/");
     ws.stream
         .set_read_timeout(Some(Duration::from_secs(3)))

@@ -23,6 +23,7 @@ enum Event {
 type Log = Arc<Mutex<Vec<Event>>>;
 
 /// Records everything; "kick" makes the server close with 4002 "kick".
+#[derive(Clone)]
 struct Recorder {
     log: Log,
 }
@@ -121,7 +122,7 @@ fn expect_tcp_closed_promptly(ws: &mut Client) {
 #[test]
 fn client_close_reaches_on_close_with_code_and_reason() {
     let (app, log) = recorder();
-    let server = start(config(), app);
+    let server = start(config(), clone_per_loop(app));
     let mut ws = connect(&server.url("/ws"));
     let id = opened(&log);
     ws.send(tungstenite::Message::text("hello")).unwrap();
@@ -153,7 +154,7 @@ fn client_close_reaches_on_close_with_code_and_reason() {
 #[test]
 fn server_close_reaches_the_client_with_code_and_reason() {
     let (app, log) = recorder();
-    let server = start(config(), app);
+    let server = start(config(), clone_per_loop(app));
     let mut ws = connect(&server.url("/ws"));
     let id = opened(&log);
     ws.send(tungstenite::Message::text("kick")).unwrap();
@@ -181,7 +182,7 @@ fn server_close_reaches_the_client_with_code_and_reason() {
 #[test]
 fn tcp_dropped_without_close_frame_is_1006_unclean() {
     let (app, log) = recorder();
-    let server = start(config(), app);
+    let server = start(config(), clone_per_loop(app));
     let mut ws = connect(&server.url("/ws"));
     let id = opened(&log);
     ws.send(tungstenite::Message::text("hi")).unwrap();
@@ -204,7 +205,7 @@ fn tcp_dropped_without_close_frame_is_1006_unclean() {
 #[test]
 fn unmasked_client_frame_fails_the_connection_with_1002() {
     let (app, log) = recorder();
-    let server = start(config(), app);
+    let server = start(config(), clone_per_loop(app));
     let mut s = raw_connect(server.addr);
     s.write_all(upgrade_request("/ws", "").as_bytes()).unwrap();
     let (head, mut pending) = read_head(&mut s);
@@ -245,7 +246,10 @@ fn unmasked_client_frame_fails_the_connection_with_1002() {
 #[test]
 fn shutdown_closes_clients_with_1001_and_returns_promptly() {
     let (app, log) = recorder();
-    let server = start(config().shutdown_timeout(Duration::from_secs(4)), app);
+    let server = start(
+        config().shutdown_timeout(Duration::from_secs(4)),
+        clone_per_loop(app),
+    );
     let mut ws = connect(&server.url("/ws"));
     let id = opened(&log);
     // A well-behaved client: answers the close frame, then waits for the server's FIN.

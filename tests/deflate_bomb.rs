@@ -66,7 +66,7 @@ fn a_bomb_is_a_1009_after_at_most_one_max_message_size() {
     let config = Config::default()
         .max_message_size(MAX)
         .compression(Compression::shared());
-    let server = start(config, Scripted::default());
+    let server = start(config, clone_per_loop(Scripted::default()));
     let mut bystander = RawWs::connect(server.addr, "/?n=2");
 
     let bomb = deflated_zeros(128 << 20);

@@ -46,7 +46,7 @@ fn negotiation_matrix() {
     const SNCT: &str = "permessage-deflate; server_no_context_takeover";
 
     // Shared mode: always server_no_context_takeover, and its window is 15 for everyone.
-    let shared = start(config(Compression::shared()), App);
+    let shared = start(config(Compression::shared()), clone_per_loop(App));
     check_offers(
         &shared,
         "/",
@@ -117,7 +117,7 @@ fn negotiation_matrix() {
     );
 
     // Dedicated mode: the client's limits are taken.
-    let dedicated = start(config(Compression::dedicated(15)), App);
+    let dedicated = start(config(Compression::dedicated(15)), clone_per_loop(App));
     check_offers(
         &dedicated,
         "/",
@@ -153,7 +153,7 @@ fn negotiation_matrix() {
                 .client_window_bits(10)
                 .client_no_context_takeover(true),
         ),
-        App,
+        clone_per_loop(App),
     );
     check_offers(
         &small,
@@ -179,7 +179,7 @@ fn negotiation_matrix() {
     );
 
     // Compression off: no extension, whatever is offered.
-    let off = start(Config::default(), App);
+    let off = start(Config::default(), clone_per_loop(App));
     check_offers(
         &off,
         "/",
@@ -198,8 +198,8 @@ fn negotiation_matrix() {
 
 #[test]
 fn malformed_offers_are_400_with_the_reason_unless_compression_is_off() {
-    let shared = start(config(Compression::shared()), App);
-    let off = start(Config::default(), App);
+    let shared = start(config(Compression::shared()), clone_per_loop(App));
+    let off = start(Config::default(), clone_per_loop(App));
     let request = |offers: &[&str], path: &str| {
         let extra: String = offers
             .iter()

@@ -20,7 +20,7 @@ use wshub::Compression;
 /// but inflates the client's context-taking stream.
 #[test]
 fn python_echo_shared_mode() {
-    let server = start(config(Compression::shared()), App);
+    let server = start(config(Compression::shared()), clone_per_loop(App));
     let sends = echo_messages();
     let t = run_client(&plan(
         &server.url("/"),
@@ -95,7 +95,7 @@ fn python_echo_shared_mode() {
 /// context must see it), and with context takeover a repeated message costs almost nothing.
 #[test]
 fn python_echo_dedicated_mode() {
-    let server = start(config(Compression::dedicated(15)), App);
+    let server = start(config(Compression::dedicated(15)), clone_per_loop(App));
     let sends = echo_messages();
     let t = run_client(&plan(
         &server.url("/"),
@@ -163,7 +163,7 @@ fn python_empty_messages_compressed_with_min_size_zero() {
         ),
     ] {
         let shared = ext.contains("server_no_context_takeover");
-        let server = start(config(compression), App);
+        let server = start(config(compression), clone_per_loop(App));
         let sends = vec![
             Send::whole(Msg::text(""), false),
             Send::whole(Msg::text("Hello"), true),
@@ -229,7 +229,7 @@ fn python_window_bits_are_honoured_both_ways() {
         .collect();
 
     // Window 15 on both sides: the repeat is found.
-    let wide = start(config(Compression::dedicated(15)), App);
+    let wide = start(config(Compression::dedicated(15)), clone_per_loop(App));
     let t_wide = run_client(&plan(
         &wide.url("/"),
         json!({ "deflate": { "server_max_window_bits": 15, "client_max_window_bits": true } }),
@@ -244,7 +244,7 @@ fn python_window_bits_are_honoured_both_ways() {
     // Window 10 asked by the client, and the server limits the client to 10.
     let narrow = start(
         config(Compression::dedicated(15).client_window_bits(10)),
-        App,
+        clone_per_loop(App),
     );
     let t_narrow = run_client(&plan(
         &narrow.url("/"),
@@ -280,7 +280,7 @@ fn python_window_bits_are_honoured_both_ways() {
     // the server would like (client_window_bits(9)): the server must inflate with 15.
     let limited = start(
         config(Compression::dedicated(12).client_window_bits(9)),
-        App,
+        clone_per_loop(App),
     );
     let t = run_client(&plan(
         &limited.url("/"),
@@ -303,7 +303,7 @@ fn python_window_bits_are_honoured_both_ways() {
 /// compresses the same each time.
 #[test]
 fn python_server_no_context_takeover_in_dedicated_mode() {
-    let server = start(config(Compression::dedicated(15)), App);
+    let server = start(config(Compression::dedicated(15)), clone_per_loop(App));
     let mut rng = Rng(0x5eed_0004);
     let text = rng.text(3000);
     let sends: Vec<Send> = (0..4)
@@ -338,7 +338,7 @@ fn python_server_no_context_takeover_in_dedicated_mode() {
 /// two of them at once, interleaved, each reading exactly its own echoes.
 #[test]
 fn python_clients_without_context_share_the_loop_decompressor() {
-    let server = start(config(Compression::shared()), App);
+    let server = start(config(Compression::shared()), clone_per_loop(App));
     let options = json!({ "deflate": { "client_no_context_takeover": true } });
     let sends_for = |seed: u64| -> Vec<Send> {
         let mut rng = Rng(seed);
@@ -382,7 +382,7 @@ fn python_clients_without_context_share_the_loop_decompressor() {
 /// it, gets no `Sec-WebSocket-Extensions` and plain frames, and sends plain frames.
 #[test]
 fn python_client_refused_by_the_handler_talks_plain() {
-    let server = start(config(Compression::dedicated(15)), App);
+    let server = start(config(Compression::dedicated(15)), clone_per_loop(App));
     let sends = echo_messages();
     let t = run_client(&plan(
         &server.url("/plain"),
@@ -415,7 +415,7 @@ fn python_client_refused_by_the_handler_talks_plain() {
 /// echo of at least `min_size` is a compression of its own.
 #[test]
 fn inflate_stats_match_what_the_client_sent() {
-    let server = start(config(Compression::dedicated(15)), App);
+    let server = start(config(Compression::dedicated(15)), clone_per_loop(App));
     let sends = echo_messages();
     let t = run_client(&plan(
         &server.url("/"),

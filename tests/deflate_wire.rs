@@ -125,7 +125,10 @@ fn compressed_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
 #[test]
 fn compression_bomb_is_1009_and_other_clients_are_undisturbed() {
     const MAX: usize = 64 * 1024;
-    let server = start(config(Compression::shared()).max_message_size(MAX), App);
+    let server = start(
+        config(Compression::shared()).max_message_size(MAX),
+        clone_per_loop(App),
+    );
     let mut bystander = connect(&server.url("/"));
     let mut ok = raw_deflate_client(&server, "/sum", SHARED_ANSWER);
     let mut over = raw_deflate_client(&server, "/sum", SHARED_ANSWER);
@@ -201,7 +204,7 @@ fn compression_bomb_is_1009_and_other_clients_are_undisturbed() {
 /// invalid UTF-8.
 #[test]
 fn invalid_compressed_data_is_1007() {
-    let server = start(config(Compression::dedicated(15)), App);
+    let server = start(config(Compression::dedicated(15)), clone_per_loop(App));
     let answer = "permessage-deflate; client_max_window_bits=15";
 
     // BFINAL=1 with the reserved block type 11.
@@ -245,8 +248,8 @@ fn invalid_compressed_data_is_1007() {
 /// negotiated permessage-deflate: anything else is 1002.
 #[test]
 fn rsv1_where_it_is_not_allowed_is_1002() {
-    let shared = start(config(Compression::shared()), App);
-    let off = start(Config::default(), App);
+    let shared = start(config(Compression::shared()), clone_per_loop(App));
+    let off = start(Config::default(), clone_per_loop(App));
     let hello = [0xf2, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00]; // RFC 7692 §7.2.3.1
     let without = "RSV1 set without a negotiated extension";
     let misplaced = "RSV1 set on a frame that is not the first of a data message";
@@ -301,7 +304,7 @@ fn rsv1_where_it_is_not_allowed_is_1002() {
 /// context (the server has a decompressor of its own for it): each is "Hello".
 #[test]
 fn rfc7692_examples_inflate_in_sequence() {
-    let server = start(config(Compression::shared()), App);
+    let server = start(config(Compression::shared()), clone_per_loop(App));
     let examples: &[(&str, &[u8])] = &[
         // §7.2.3.1: one compressed block.
         ("one block", &[0xf2, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00]),
@@ -396,7 +399,7 @@ fn rfc7692_examples_inflate_in_sequence() {
 /// every message (checked first below).
 #[test]
 fn a_message_after_a_bfinal_message_inflates() {
-    let server = start(config(Compression::shared()), App);
+    let server = start(config(Compression::shared()), clone_per_loop(App));
     // §7.2.3.4: "Hello" in a final block, then the empty stored block's header byte.
     let bfinal = [0xf3, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00, 0x00];
     // §7.2.3.1, which refers to nothing before it: valid in any context.

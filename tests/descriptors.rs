@@ -284,7 +284,10 @@ fn reset(s: TcpStream) {
 #[test]
 fn an_io_error_closes_only_its_own_connection() {
     let filler = Filler::default();
-    let server = start(Config::default().max_backpressure(64 << 20), filler.clone());
+    let server = start(
+        Config::default().max_backpressure(64 << 20),
+        clone_per_loop(filler.clone()),
+    );
     let mut bystander = connect(&server.url("/"));
 
     // Reset with megabytes still queued for it (a write or read error, whichever first).

@@ -20,6 +20,7 @@ use wshub::{Config, Ctx, Handler, Reply, Request, Response};
 type Bodies = Arc<Mutex<Vec<Vec<u8>>>>;
 
 /// `/ws` upgrades; any other request is answered 200 with its body, and recorded.
+#[derive(Clone)]
 struct Site {
     bodies: Bodies,
 }
@@ -40,9 +41,9 @@ fn site() -> (TestServer<Site>, Bodies) {
     let bodies = Arc::new(Mutex::new(Vec::new()));
     let server = start(
         Config::default(),
-        Site {
+        clone_per_loop(Site {
             bodies: Arc::clone(&bodies),
-        },
+        }),
     );
     (server, bodies)
 }

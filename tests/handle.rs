@@ -50,7 +50,7 @@ fn connect_known(url: &str, app: &App) -> (Client, ConnId) {
 #[test]
 fn sends_broadcasts_and_closes_from_another_thread_arrive_in_order() {
     let app = App::default();
-    let server = start(Config::default(), app.clone());
+    let server = start(Config::default(), clone_per_loop(app.clone()));
     let (mut a, a_id) = connect_known(&server.url("/"), &app);
     let (mut b, b_id) = connect_known(&server.url("/"), &app);
 
@@ -162,7 +162,10 @@ fn a_full_handle_channel_reports_full_at_once_while_the_loop_is_not_running() {
 #[test]
 fn a_handle_flooding_commands_does_not_stall_the_loop() {
     let app = App::default();
-    let server = start(Config::default().handle_capacity(64), app.clone());
+    let server = start(
+        Config::default().handle_capacity(64),
+        clone_per_loop(app.clone()),
+    );
     // An id that went stale: commands for it are counted and dropped.
     let (gone, gone_id) = connect_known(&server.url("/"), &app);
     close_client(gone);
@@ -209,7 +212,7 @@ fn a_handle_flooding_commands_does_not_stall_the_loop() {
 #[test]
 fn a_handle_reports_stopped_once_the_server_is_gone() {
     let app = App::default();
-    let server = start(Config::default(), app.clone());
+    let server = start(Config::default(), clone_per_loop(app.clone()));
     let (ws, id) = connect_known(&server.url("/"), &app);
     let handle = server.handle.clone();
     close_client(ws);

@@ -31,6 +31,7 @@ fn seen(method: &str, path: &str, protocols: &[&str]) -> Seen {
 
 /// Accepts `/ws`; `/chat` picks subprotocol "chat", `/mqtt` picks "mqtt"; 404 otherwise.
 /// Echoes messages.
+#[derive(Clone)]
 struct App {
     seen: Arc<Mutex<Vec<Seen>>>,
 }
@@ -144,7 +145,7 @@ fn echo_then_close(s: &mut std::net::TcpStream, mut pending: Vec<u8>, text: &str
 #[test]
 fn upgrade_answers_101_with_the_rfc_sample_accept_key() {
     let (app, log) = app();
-    let server = start(Config::default(), app);
+    let server = start(Config::default(), clone_per_loop(app));
     let (mut s, rest) = upgrade_raw(&server, upgrade_request("/ws", ""), None);
     assert!(rest.is_empty(), "bytes after the 101: {rest:?}");
     echo_then_close(&mut s, rest, "hello");
@@ -169,7 +170,7 @@ fn upgrade_answers_101_with_the_rfc_sample_accept_key() {
 #[test]
 fn handshake_and_frame_arriving_one_byte_at_a_time() {
     let (app, log) = app();
-    let server = start(Config::default(), app);
+    let server = start(Config::default(), clone_per_loop(app));
     let mut s = raw_connect(server.addr);
     for byte in upgrade_request("/ws", "").bytes() {
         s.write_all(&[byte]).unwrap();
@@ -199,7 +200,7 @@ fn handshake_and_frame_arriving_one_byte_at_a_time() {
 #[test]
 fn frames_pipelined_with_the_request_are_decoded() {
     let (app, _) = app();
-    let server = start(Config::default(), app);
+    let server = start(Config::default(), clone_per_loop(app));
 
     // Request and two whole frames in one write.
     let mut bytes = upgrade_request("/ws", "").into_bytes();
@@ -230,7 +231,7 @@ fn frames_pipelined_with_the_request_are_decoded() {
 #[test]
 fn connection_header_is_a_case_insensitive_token_list() {
     let (app, _) = app();
-    let server = start(Config::default(), app);
+    let server = start(Config::default(), clone_per_loop(app));
     let variants = [
         ["Connection: keep-alive, Upgrade", UPGRADE],
         ["Connection: keep-alive,upgrade", UPGRADE],
@@ -258,7 +259,7 @@ type Refusal = (
 #[test]
 fn invalid_upgrades_get_specific_statuses_and_the_socket_closes() {
     let (app, log) = app();
-    let server = start(Config::default(), app);
+    let server = start(Config::default(), clone_per_loop(app));
     let get = "GET /ws HTTP/1.1";
     let cases: Vec<Refusal> = vec![
         (
@@ -404,7 +405,7 @@ fn invalid_upgrades_get_specific_statuses_and_the_socket_closes() {
 #[test]
 fn subprotocol_is_confirmed_only_if_the_client_offered_it() {
     let (app, log) = app();
-    let server = start(Config::default(), app);
+    let server = start(Config::default(), clone_per_loop(app));
     let offer = "Sec-WebSocket-Protocol: a, chat\r\n";
 
     // The handler picks "chat", which was offered: confirmed.

@@ -19,6 +19,7 @@ const PAGE: &str =
 type Seen = (String, String, Option<String>, Vec<u8>);
 
 /// `/ws` upgrades (and echoes text), `GET /` is a page, `POST /echo` answers with its body.
+#[derive(Clone)]
 struct Site {
     seen: Arc<Mutex<Vec<Seen>>>,
 }
@@ -89,7 +90,7 @@ fn seen(method: &str, path: &str, query: Option<&str>, body: &[u8]) -> Seen {
 #[test]
 fn page_and_socket_share_one_port() {
     let (site, log) = site();
-    let server = start(Config::default(), site);
+    let server = start(Config::default(), clone_per_loop(site));
     let mut ws = connect(&server.url("/ws"));
     ws.send(tungstenite::Message::text("before")).unwrap();
     assert_eq!(next_text(&mut ws), "before");
@@ -178,7 +179,7 @@ fn binary_body() -> Vec<u8> {
 #[test]
 fn post_body_reaches_the_handler_exactly() {
     let (site, log) = site();
-    let server = start(Config::default(), site);
+    let server = start(Config::default(), clone_per_loop(site));
     let body = binary_body();
     post_echo(&server, &body, &[], Duration::ZERO);
     post_echo(&server, b"", &[], Duration::ZERO);
@@ -196,7 +197,7 @@ fn post_body_reaches_the_handler_exactly() {
 #[test]
 fn post_body_arriving_after_the_head_reaches_the_handler() {
     let (site, log) = site();
-    let server = start(Config::default(), site);
+    let server = start(Config::default(), clone_per_loop(site));
     let body = binary_body();
     let head_len =
         "POST /echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 3000\r\n\r\n".len();
@@ -223,7 +224,7 @@ fn unservable_requests_get_specific_statuses_and_the_socket_closes() {
     let config = Config::default()
         .max_request_bytes(1024)
         .max_body_bytes(4096);
-    let server = start(config, site);
+    let server = start(config, clone_per_loop(site));
 
     // A GET whose head (request line, headers, blank line) is exactly `len` bytes.
     let head_of = |len: usize| {
@@ -383,7 +384,7 @@ fn unservable_requests_get_specific_statuses_and_the_socket_closes() {
 #[test]
 fn expect_100_continue_gets_an_interim_answer_before_the_body() {
     let (site, log) = site();
-    let server = start(Config::default(), site);
+    let server = start(Config::default(), clone_per_loop(site));
     let body = binary_body();
     let mut s = raw_connect(server.addr);
     let head = format!(
@@ -407,7 +408,7 @@ fn expect_100_continue_gets_an_interim_answer_before_the_body() {
 #[test]
 fn head_gets_the_head_of_the_answer_without_its_body() {
     let (site, _) = site();
-    let server = start(Config::default(), site);
+    let server = start(Config::default(), clone_per_loop(site));
     // The site answers both with the same 404 and its reason.
     let get = raw_exchange(
         server.addr,

@@ -27,6 +27,7 @@ struct Log {
 
 /// Data: the name from `?name=`. On "probe", tries every operation on the first id it ever
 /// opened, then answers "probed".
+#[derive(Clone)]
 struct Ids {
     log: Arc<Mutex<Log>>,
 }
@@ -70,6 +71,7 @@ fn parts(id: ConnId) -> (u32, u32) {
 #[test]
 fn stale_id_is_refused_after_its_slot_is_reused() {
     let log = Arc::new(Mutex::new(Log::default()));
+    // One loop: slots are reused within a loop, and another loop's stale id is handed over (`Ok`).
     let server = start(
         Config::default(),
         Ids {

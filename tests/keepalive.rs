@@ -17,6 +17,7 @@ use wshub::{Config, ConnId, Ctx, Frame, Handler, Message, Reply, Request, Respon
 /// 204 (with a body the server must not send); `/bye` → an answer that says
 /// `Connection: close` itself; `/ws` upgrades and echoes text. Records every request as
 /// "METHOD path body-length".
+#[derive(Clone)]
 struct Site {
     seen: Arc<Mutex<Vec<String>>>,
 }
@@ -130,7 +131,10 @@ fn expect_eof(s: &mut TcpStream, what: &str) {
 #[test]
 fn a_thousand_requests_on_one_connection() {
     let (site, seen) = site();
-    let server = start(Config::default().max_requests_per_connection(1000), site);
+    let server = start(
+        Config::default().max_requests_per_connection(1000),
+        clone_per_loop(site),
+    );
     let mut s = raw_connect(server.addr);
     let began = Instant::now();
     for i in 1..=1000 {
@@ -156,7 +160,7 @@ fn a_thousand_requests_on_one_connection() {
 #[test]
 fn pipelined_requests_are_answered_in_order() {
     let (site, seen) = site();
-    let server = start(Config::default(), site);
+    let server = start(Config::default(), clone_per_loop(site));
     let binary: Vec<u8> = (0..3000u32).map(|i| (i * 7 % 256) as u8).collect();
     let mut requests = Vec::new();
     requests.extend_from_slice(get("/p/1").as_bytes());
@@ -214,7 +218,7 @@ fn pipelined_requests_are_answered_in_order() {
 #[test]
 fn pipelined_requests_in_pieces_and_in_single_bytes() {
     let (site, _) = site();
-    let server = start(Config::default(), site);
+    let server = start(Config::default(), clone_per_loop(site));
     let mut requests = Vec::new();
     let mut want = Vec::new();
     for i in 1..=20 {
@@ -236,7 +240,7 @@ fn pipelined_requests_in_pieces_and_in_single_bytes() {
 #[test]
 fn connection_close_from_the_client_is_honoured() {
     let (site, _) = site();
-    let server = start(Config::default(), site);
+    let server = start(Config::default(), clone_per_loop(site));
     let mut s = raw_connect(server.addr);
     s.write_all(get("/p/1").as_bytes()).unwrap();
     expect_bytes(&mut s, &page(1, false), "first");
@@ -256,7 +260,7 @@ fn connection_close_from_the_client_is_honoured() {
 #[test]
 fn http_1_0_closes_after_one_answer() {
     let (site, _) = site();
-    let server = start(Config::default(), site);
+    let server = start(Config::default(), clone_per_loop(site));
     for request in [
         &b"GET /p/1 HTTP/1.0\r\n\r\nGET /p/2 HTTP/1.0\r\n\r\n"[..],
         b"GET /p/1 HTTP/1.0\r\nConnection: keep-alive\r\n\r\nGET /p/2 HTTP/1.0\r\n\r\n",
@@ -272,7 +276,10 @@ fn http_1_0_closes_after_one_answer() {
 #[test]
 fn the_request_limit_ends_the_connection() {
     let (site, _) = site();
-    let server = start(Config::default().max_requests_per_connection(3), site);
+    let server = start(
+        Config::default().max_requests_per_connection(3),
+        clone_per_loop(site),
+    );
     let mut s = raw_connect(server.addr);
     for i in 1..=3 {
         s.write_all(get(&format!("/p/{i}")).as_bytes()).unwrap();
@@ -294,7 +301,7 @@ fn the_request_limit_ends_the_connection() {
 #[test]
 fn refusals_the_server_makes_close_the_connection() {
     let (site, _) = site();
-    let server = start(Config::default().max_body_bytes(10), site);
+    let server = start(Config::default().max_body_bytes(10), clone_per_loop(site));
     // A good request, then one that cannot be served: the refusal closes.
     let mut s = raw_connect(server.addr);
     s.write_all(get("/p/1").as_bytes()).unwrap();
@@ -342,7 +349,7 @@ fn an_idle_kept_alive_connection_closes_at_its_timeout() {
     let config = Config::default()
         .keep_alive_timeout(Duration::from_millis(300))
         .handshake_timeout(Duration::from_secs(2));
-    let server = start(config, site);
+    let server = start(config, clone_per_loop(site));
     let mut s = raw_connect(server.addr);
     s.write_all(get("/p/1").as_bytes()).unwrap();
     expect_bytes(&mut s, &page(1, false), "first");
@@ -386,7 +393,7 @@ fn an_idle_kept_alive_connection_closes_at_its_timeout() {
 #[test]
 fn an_upgrade_after_plain_requests_on_the_same_connection() {
     let (site, _) = site();
-    let server = start(Config::default(), site);
+    let server = start(Config::default(), clone_per_loop(site));
     let mut s = raw_connect(server.addr);
     s.write_all(get("/p/1").as_bytes()).unwrap();
     expect_bytes(&mut s, &page(1, false), "first");
@@ -426,6 +433,7 @@ fn an_upgrade_after_plain_requests_on_the_same_connection() {
 #[test]
 fn idle_kept_alive_connections_do_not_lock_newcomers_out() {
     let (site, _) = site();
+    // One loop: an exact `max_handshakes`, which a cluster splits over its loops.
     let server = start(Config::default().max_handshakes(3), site);
     // A fresh connection that has sent nothing yet, older than the others: once it sends
     // its request it is served, as the idle kept-alive connections go first.
@@ -464,7 +472,10 @@ fn idle_kept_alive_connections_do_not_lock_newcomers_out() {
 #[test]
 fn a_client_that_pipelines_without_reading_is_paused_not_buffered() {
     let (site, seen) = site();
-    let server = start(Config::default().max_requests_per_connection(10_000), site);
+    let server = start(
+        Config::default().max_requests_per_connection(10_000),
+        clone_per_loop(site),
+    );
     let n = 600;
     // A small receive buffer, so the kernel holds little of what the client does not read.
     let mut s = connect_with_rcvbuf(server.addr, 16 * 1024);
@@ -502,7 +513,7 @@ fn a_slow_download_is_not_cut_by_the_keep_alive_timeout() {
     // the idle clock gives the client to read them after the server's last write.
     let server = start(
         Config::default().keep_alive_timeout(Duration::from_secs(1)),
-        site,
+        clone_per_loop(site),
     );
     let mut s = connect_with_rcvbuf(server.addr, 16 * 1024);
     s.write_all(get("/huge").as_bytes()).unwrap();

@@ -56,7 +56,10 @@ fn expect_close_frame(ws: &mut RawWs) -> (u16, String) {
 #[test]
 fn a_message_over_the_size_limit_closes_with_1009() {
     let gate = Gate::default();
-    let server = start(Config::default().max_message_size(1024), gate.clone());
+    let server = start(
+        Config::default().max_message_size(1024),
+        clone_per_loop(gate.clone()),
+    );
 
     // Exactly at the limit: fine.
     let mut ok = RawWs::connect(server.addr, "/");
@@ -105,6 +108,7 @@ fn a_message_over_the_size_limit_closes_with_1009() {
 
 #[test]
 fn an_upgrade_over_max_connections_gets_503_with_a_reason() {
+    // One loop: an exact `max_connections`, which a cluster splits over its loops.
     let server = start(Config::default().max_connections(2), Gate::default());
     let a = connect(&server.url("/"));
     let mut b = connect(&server.url("/"));
@@ -139,6 +143,7 @@ fn an_upgrade_over_max_connections_gets_503_with_a_reason() {
 
 #[test]
 fn a_connection_over_max_handshakes_takes_the_oldest_idle_ones_slot() {
+    // One loop: an exact `max_handshakes`, which a cluster splits over its loops.
     let server = start(Config::default().max_handshakes(2), Gate::default());
     // Two connections that have not sent their request yet.
     let mut oldest = raw_connect(server.addr);
@@ -169,7 +174,10 @@ fn a_connection_over_max_handshakes_takes_the_oldest_idle_ones_slot() {
 
 #[test]
 fn a_request_head_over_max_request_bytes_gets_431() {
-    let server = start(Config::default().max_request_bytes(1024), Gate::default());
+    let server = start(
+        Config::default().max_request_bytes(1024),
+        clone_per_loop(Gate::default()),
+    );
     // A complete head, too large.
     let big_header = format!("X-Filler: {}\r\n", "f".repeat(1100));
     let response = raw_exchange(server.addr, upgrade_request("/", &big_header).as_bytes());
@@ -205,7 +213,7 @@ fn a_request_head_over_max_request_bytes_gets_431() {
 
 #[test]
 fn an_unknown_origin_gets_403() {
-    let server = start(Config::default(), Gate::default());
+    let server = start(Config::default(), clone_per_loop(Gate::default()));
     let response = raw_exchange(
         server.addr,
         upgrade_request("/", "Origin: http://evil.example\r\n").as_bytes(),

@@ -11,6 +11,7 @@ use tungstenite::protocol::frame::coding::{Data, OpCode};
 use wshub::{Config, ConnId, Ctx, Frame, Handler, Message, Reply, Request};
 
 /// Echoes every message as it came, and records it.
+#[derive(Clone)]
 struct Echo {
     got: Arc<Mutex<Vec<Message>>>,
 }
@@ -73,7 +74,7 @@ fn assert_same(got: &tungstenite::Message, want: &tungstenite::Message, what: &s
 #[test]
 fn text_and_binary_echo_in_order() {
     let (app, got) = echo();
-    let server = start(Config::default(), app);
+    let server = start(Config::default(), clone_per_loop(app));
     let mut ws = connect(&server.url("/ws"));
     let all_bytes: Vec<u8> = (0..=255).collect();
     let sent = vec![
@@ -113,7 +114,7 @@ fn text_and_binary_echo_in_order() {
 fn one_mib_messages_echo() {
     let (app, got) = echo();
     let config = Config::default().max_message_size(2 * 1024 * 1024);
-    let server = start(config, app);
+    let server = start(config, clone_per_loop(app));
     let mut ws = connect(&server.url("/ws"));
     const MIB: usize = 1024 * 1024;
     let big_binary: Vec<u8> = (0..MIB).map(|i| (i % 251) as u8).collect();
@@ -138,7 +139,7 @@ fn one_mib_messages_echo() {
 #[test]
 fn fragmented_messages_arrive_reassembled() {
     let (app, got) = echo();
-    let server = start(Config::default(), app);
+    let server = start(Config::default(), clone_per_loop(app));
     let mut ws = connect(&server.url("/ws"));
     let frag = |data: &[u8], op: Data, fin: bool| {
         tungstenite::Message::Frame(RawFrame::message(data.to_vec(), OpCode::Data(op), fin))

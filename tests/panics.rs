@@ -12,7 +12,7 @@ use wshub::{CloseInfo, Config, ConnId, Ctx, Frame, Handler, Message, Reply, Requ
 
 /// Echoes text; panics on "boom", on a request for /boom, and in `on_close` of a connection
 /// that asked for "boom on close".
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct Fragile;
 
 impl Handler for Fragile {
@@ -46,7 +46,7 @@ impl Handler for Fragile {
 
 #[test]
 fn a_panic_costs_only_the_connection_it_concerned() {
-    let server = start(Config::default(), Fragile);
+    let server = start(Config::default(), clone_per_loop(Fragile));
     let mut victim = connect(&server.url("/"));
     let mut bystander = connect(&server.url("/"));
     victim.send(WsMessage::text("boom")).unwrap();

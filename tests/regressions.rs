@@ -8,6 +8,7 @@ use std::time::Duration;
 use common::*;
 use wshub::{Config, ConnId, Ctx, Frame, Handler, Message, Reply, Request, Response, Server};
 
+#[derive(Clone)]
 struct Echo;
 impl Handler for Echo {
     type Data = ();
@@ -30,7 +31,7 @@ impl Handler for Echo {
 /// A message and a close frame arriving in one read: the echo goes out AFTER the close reply.
 #[test]
 fn no_data_frame_after_the_close_reply() {
-    let server = start(Config::default(), Echo);
+    let server = start(Config::default(), clone_per_loop(Echo));
     let mut ws = RawWs::connect(server.addr, "/");
     let mut bytes = masked_frame(0x81, b"hello");
     bytes.extend(masked_frame(0x88, &close_payload(1000, "bye")));
@@ -46,6 +47,7 @@ fn no_data_frame_after_the_close_reply() {
     );
 }
 
+#[derive(Clone)]
 struct BigHello;
 impl Handler for BigHello {
     type Data = ();
@@ -63,7 +65,7 @@ impl Handler for BigHello {
 /// taken, and the client gets the 101 first (once, the slow-consumer policy dropped it).
 #[test]
 fn a_large_first_frame_from_on_open_keeps_the_101() {
-    let server = start(Config::default(), BigHello);
+    let server = start(Config::default(), clone_per_loop(BigHello));
     let mut s = raw_connect(server.addr);
     s.write_all(upgrade_request("/", "").as_bytes()).unwrap();
     let mut first = [0u8; 12];
@@ -112,7 +114,7 @@ fn a_zero_delay_timer_rearmed_in_on_timer_waits_for_the_next_turn() {
 /// gets the whole response.
 #[test]
 fn a_half_closed_client_gets_the_whole_response() {
-    let server = start(Config::default(), Echo);
+    let server = start(Config::default(), clone_per_loop(Echo));
     let mut s = connect_with_rcvbuf(server.addr, 4096);
     s.write_all(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
         .unwrap();
@@ -150,7 +152,7 @@ fn ping_interval_max_does_not_overflow() {
 fn a_slow_but_steady_http_download_is_not_cut_by_close_timeout() {
     let server = start(
         Config::default().close_timeout(Duration::from_secs(1)),
-        Echo,
+        clone_per_loop(Echo),
     );
     let mut s = connect_with_rcvbuf(server.addr, 16 * 1024);
     s.write_all(b"GET /big HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
@@ -186,6 +188,8 @@ fn rss_kib() -> usize {
 /// (the handler drops messages at once).
 #[test]
 fn a_connection_that_sent_one_large_message_does_not_keep_its_decode_buffer() {
+    // One loop: process RSS; on several loop threads, each has its own malloc arena, so
+    // whether round two reuses round one's memory depends on where connections land.
     let server = start(Config::default(), Sink);
     let mut socks = Vec::new();
     for _ in 0..100 {

@@ -69,7 +69,7 @@ fn going_away() -> Option<(u16, String)> {
 #[test]
 fn shutdown_closes_every_client_with_1001_and_run_returns_promptly() {
     let app = App::default();
-    let server = start(Config::default(), app.clone());
+    let server = start(Config::default(), clone_per_loop(app.clone()));
     let clients: Vec<_> = (0..5).map(|_| answering_client(server.url("/a"))).collect();
     assert!(wait_until(Duration::from_secs(5), || {
         server.handle.stats().open_connections == 5
@@ -104,7 +104,7 @@ fn shutdown_closes_every_client_with_1001_and_run_returns_promptly() {
 fn a_client_that_never_answers_does_not_hold_run_past_the_shutdown_timeout() {
     let app = App::default();
     let config = Config::default().shutdown_timeout(Duration::from_millis(500));
-    let mut server = start(config, app.clone());
+    let mut server = start(config, clone_per_loop(app.clone()));
     let answering = answering_client(server.url("/answering"));
     let mut silent = RawWs::connect(server.addr, "/silent");
     assert!(wait_until(Duration::from_secs(5), || {
@@ -149,7 +149,7 @@ fn a_client_that_never_answers_does_not_hold_run_past_the_shutdown_timeout() {
 #[test]
 fn ctx_shutdown_from_a_callback_stops_the_server() {
     let app = App::default();
-    let mut server = start(Config::default(), app.clone());
+    let mut server = start(Config::default(), clone_per_loop(app.clone()));
     let other = answering_client(server.url("/other"));
     let mut ws = connect(&server.url("/asker"));
     ws.send(tungstenite::Message::text("shutdown")).unwrap();

@@ -75,7 +75,7 @@ fn between(d: Duration, lo_ms: u64, hi_ms: u64) -> bool {
 fn slowloris_connections_are_closed_after_the_handshake_timeout() {
     let config = Config::default().handshake_timeout(Duration::from_millis(300));
     let app = App::default();
-    let server = start(config, app.clone());
+    let server = start(config, clone_per_loop(app.clone()));
     // A well-behaved client that upgraded is not subject to the handshake timeout.
     let mut upgraded = connect(&server.url("/"));
 
@@ -121,7 +121,7 @@ fn a_silent_peer_gets_a_ping_and_is_dropped_after_the_pong_timeout() {
         .ping_interval(Duration::from_millis(200))
         .pong_timeout(Duration::from_millis(300));
     let app = App::default();
-    let server = start(config, app.clone());
+    let server = start(config, clone_per_loop(app.clone()));
     // Times are measured from before the connection exists, so lower bounds are strict
     // however late this thread gets to read.
     let t0 = Instant::now();
@@ -150,7 +150,7 @@ fn peers_that_answer_pings_or_send_anything_stay_connected() {
         .ping_interval(Duration::from_millis(200))
         .pong_timeout(Duration::from_millis(300));
     let app = App::default();
-    let server = start(config, app.clone());
+    let server = start(config, clone_per_loop(app.clone()));
 
     // A tungstenite client that keeps reading answers every ping itself.
     let mut reader = connect(&server.url("/reader"));
@@ -223,7 +223,7 @@ fn peers_that_answer_pings_or_send_anything_stay_connected() {
 fn a_peer_that_never_answers_the_close_frame_is_dropped_after_the_close_timeout() {
     let config = Config::default().close_timeout(Duration::from_millis(300));
     let app = App::default();
-    let server = start(config, app.clone());
+    let server = start(config, clone_per_loop(app.clone()));
     let mut ws = RawWs::connect(server.addr, "/");
     let asked = Instant::now(); // before the server starts closing
     ws.send(OP_TEXT, b"close me").unwrap();
@@ -257,7 +257,7 @@ fn a_peer_that_stops_reading_is_closed_after_the_write_stall_timeout() {
         .max_backpressure(64 << 20)
         .write_stall_timeout(Duration::from_millis(400));
     let app = App::default();
-    let server = start(config, app.clone());
+    let server = start(config, clone_per_loop(app.clone()));
     // Reads nothing: most of 16 MiB stay queued and the socket takes no byte.
     let t0 = Instant::now(); // before the server's last write, whenever that was
     let mut stalled = RawWs::upgrade(connect_with_rcvbuf(server.addr, 16 * 1024), "/big");
@@ -315,7 +315,7 @@ fn the_write_stall_timeout_is_the_documented_one_not_twice_it() {
         .max_backpressure(64 << 20)
         .write_stall_timeout(Duration::from_secs(1));
     let app = App::default();
-    let server = start(config, app.clone());
+    let server = start(config, clone_per_loop(app.clone()));
     let t0 = Instant::now();
     let _stalled = RawWs::upgrade(connect_with_rcvbuf(server.addr, 16 * 1024), "/big");
     assert!(wait_until(Duration::from_secs(5), || {
@@ -335,7 +335,7 @@ fn a_slow_reader_that_keeps_reading_is_not_cut_off_by_the_write_stall_timeout() 
         .max_backpressure(64 << 20)
         .write_stall_timeout(Duration::from_millis(500));
     let app = App::default();
-    let server = start(config, app.clone());
+    let server = start(config, clone_per_loop(app.clone()));
     // Reads 4 MiB through a small receive buffer, whatever is there every 10 ms (about
     // 1.5 MB/s): some 3 s, six stall timeouts, and never a pause of more than 10 ms. The
     // server hands the kernel a few MiB at once and may not see the socket writable again
@@ -433,7 +433,7 @@ impl Handler for Timers {
 #[test]
 fn app_timers_fire_in_deadline_order_and_cancelled_ones_never_fire() {
     let timers = Timers::default();
-    let server = start(Config::default(), timers.clone());
+    let server = start(Config::default(), clone_per_loop(timers.clone()));
     let ws = connect(&server.url("/"));
     assert!(wait_until(Duration::from_secs(5), || {
         timers.fired.lock().unwrap().len() >= 5

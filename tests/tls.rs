@@ -58,7 +58,7 @@ fn wss_echo_and_https_with_request_telling_tls_and_sni() {
     let (tls, trusted) = localhost();
     let app = Echo::default();
     let seen = app.seen.clone();
-    let server = start(Config::default().tls(tls), app);
+    let server = start(Config::default().tls(tls), clone_per_loop(app));
 
     let mut ws = connect_ws(server.addr, "localhost", "/ws", &trusted);
     for i in 0..50 {
@@ -116,7 +116,7 @@ fn tls_records_arriving_a_few_bytes_at_a_time_are_put_together() {
     let (tls, trusted) = localhost();
     let app = Echo::default();
     let seen = app.seen.clone();
-    let server = start(Config::default().tls(tls), app);
+    let server = start(Config::default().tls(tls), clone_per_loop(app));
 
     let sock = std::net::TcpStream::connect(server.addr).unwrap();
     sock.set_nodelay(true).unwrap();
@@ -139,7 +139,10 @@ fn sni_picks_the_certificate_and_unknown_names_get_the_default() {
     let (default, default_der) = tls::identity(&["localhost"]);
     let (chat, chat_der) = tls::identity(&["chat.test"]);
     let config = TlsConfig::new(default).with_name("Chat.Test", chat);
-    let server = start(Config::default().tls(config), Echo::default());
+    let server = start(
+        Config::default().tls(config),
+        clone_per_loop(Echo::default()),
+    );
     // Each client trusts only the certificate it expects: the handshake proves which one
     // the server sent.
     echo_round(
@@ -163,7 +166,7 @@ fn sni_picks_the_certificate_and_unknown_names_get_the_default() {
 #[test]
 fn a_certificate_reload_keeps_open_connections_and_serves_newcomers_the_new_one() {
     let (old, old_der) = localhost();
-    let server = start(Config::default().tls(old), Echo::default());
+    let server = start(Config::default().tls(old), clone_per_loop(Echo::default()));
     let mut before = connect_ws(server.addr, "localhost", "/", &old_der);
     echo_round(&mut before, "before");
 
@@ -188,7 +191,7 @@ fn a_certificate_reload_keeps_open_connections_and_serves_newcomers_the_new_one(
 #[test]
 fn plain_http_garbage_and_tls_1_0_on_a_tls_port_close_fast_and_disturb_nobody() {
     let (tls, trusted) = localhost();
-    let server = start(Config::default().tls(tls), Echo::default());
+    let server = start(Config::default().tls(tls), clone_per_loop(Echo::default()));
     let mut bystander = connect_ws(server.addr, "localhost", "/", &trusted);
 
     // A TLS 1.0 ClientHello (record version 3.1, client version 3.1), which rustls refuses.
@@ -229,7 +232,7 @@ fn a_slow_tls_handshake_is_cut_at_the_handshake_timeout() {
     let config = Config::default()
         .tls(tls)
         .handshake_timeout(Duration::from_millis(500));
-    let server = start(config, Echo::default());
+    let server = start(config, clone_per_loop(Echo::default()));
     let t = Instant::now();
     let mut slow = raw_connect(server.addr);
     // The first bytes of a ClientHello, then nothing.
@@ -247,6 +250,7 @@ fn a_slow_tls_handshake_is_cut_at_the_handshake_timeout() {
 }
 
 /// Everything anyone sends goes to everyone.
+#[derive(Clone)]
 struct Hub;
 
 impl Handler for Hub {
@@ -266,7 +270,7 @@ impl Handler for Hub {
 #[test]
 fn a_broadcast_reaches_every_tls_client_complete_and_in_order() {
     let (tls, trusted) = localhost();
-    let server = start(Config::default().tls(tls), Hub);
+    let server = start(Config::default().tls(tls), clone_per_loop(Hub));
     let mut clients: Vec<_> = (0..20)
         .map(|_| connect_ws(server.addr, "localhost", "/", &trusted))
         .collect();
@@ -293,6 +297,7 @@ fn a_broadcast_reaches_every_tls_client_complete_and_in_order() {
             }
         }
     }
+    server.assert_every_loop_accepted(); // (20 clients)
 }
 
 #[test]
@@ -303,7 +308,7 @@ fn a_tls_client_that_stops_reading_is_a_slow_consumer_with_a_bounded_queue() {
         .tls(tls)
         .max_backpressure(LIMIT)
         .close_timeout(Duration::from_millis(300));
-    let server = start(config, Hub);
+    let server = start(config, clone_per_loop(Hub));
     // Connects, upgrades, then never reads again.
     let _stalled = connect_ws(server.addr, "localhost", "/", &trusted);
     let mut talker = connect_ws(server.addr, "localhost", "/", &trusted);
@@ -332,7 +337,7 @@ fn https_keep_alive_then_an_upgrade_on_the_same_tls_connection() {
     let (tls, trusted) = localhost();
     let app = Echo::default();
     let seen = app.seen.clone();
-    let server = start(Config::default().tls(tls), app);
+    let server = start(Config::default().tls(tls), clone_per_loop(app));
     let mut s = connect(server.addr, "localhost", &trusted);
     // Two plain requests, each answered on the same connection...
     for _ in 0..2 {

@@ -113,7 +113,7 @@ fn subscribe_unsubscribe_publish_and_stale_ids() {
 
     let (app, result) = server.stop();
     result.unwrap();
-    let closed = app.closed.lock().unwrap().clone();
+    let closed = app[0].closed.lock().unwrap().clone();
     assert!(closed.iter().all(|&(_, left)| left == 0), "{closed:?}");
     assert_eq!(closed.len(), 5);
 }

@@ -20,6 +20,7 @@ use super::parse_head;
 /// - `?topic=T`: subscribed to T once open.
 ///
 /// Messages are echoed (same type, same bytes), except the text `all:X`, which broadcasts X.
+#[derive(Clone)]
 pub struct App;
 
 pub struct Conn {

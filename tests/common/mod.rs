@@ -1,4 +1,10 @@
 //! Shared test support: a server on a background thread, and real clients on loopback.
+//!
+//! One or several loops: `start(config, clone_per_loop(app))` (or `each_loop(|i| ...)`)
+//! runs the test's server on `WSHUB_TEST_LOOPS` loops (default 1: a plain `Server`; 2 or
+//! more: a `Cluster` on one port, connections spread by the kernel), so the same test runs
+//! both ways (`WSHUB_TEST_LOOPS=2 cargo test --tests`). `start(config, app)` with a bare
+//! handler is always one `Server`: for tests that assume one loop, each saying why.
 #![allow(dead_code)] // each test file uses a different part of this
 
 pub mod deflate;
@@ -16,36 +22,122 @@ use std::time::{Duration, Instant};
 
 use tungstenite::stream::MaybeTlsStream;
 use tungstenite::{Message, WebSocket};
-use wshub::{Config, Handle, Handler, Server};
+use wshub::{Cluster, Config, Handle, Handler, Server};
 
 /// How long any single blocking client operation may take before a test fails.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A server running `run()` on its own thread, bound to 127.0.0.1 on a free port.
+/// How many loops `start` runs a server on when given [`each_loop`]: `WSHUB_TEST_LOOPS`
+/// (default 1). With more than one, the server is a [`Cluster`] on one port.
+pub fn test_loops() -> usize {
+    match std::env::var("WSHUB_TEST_LOOPS") {
+        Ok(v) if !v.trim().is_empty() => v
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("WSHUB_TEST_LOOPS={v:?} is not a number of loops")),
+        _ => 1,
+    }
+}
+
+/// What `start` runs: one handler (a plain `Server`, one loop, whatever
+/// `WSHUB_TEST_LOOPS` says), or [`each_loop`]'s factory (`test_loops()` loops).
+pub trait Handlers: Send + 'static {
+    type Handler: Handler + Send + 'static;
+    /// The handlers in loop order: one for a `Server`, more for a `Cluster`.
+    fn make(self) -> Vec<Self::Handler>;
+}
+
+/// One handler: a plain `Server` on one loop, for tests that assume one loop (and for
+/// handlers that cannot be made per loop).
+impl<H> Handlers for H
+where
+    H: Handler + Send + 'static,
+{
+    type Handler = H;
+    fn make(self) -> Vec<H> {
+        vec![self]
+    }
+}
+
+/// A handler per loop, made by a factory: see [`each_loop`].
+pub struct EachLoop<F>(F);
+
+/// Runs the server on `test_loops()` loops (`WSHUB_TEST_LOOPS`, default 1), each loop's
+/// handler made by `factory(loop_index)`: e.g. `each_loop(move |_| app.clone())` when the
+/// handlers share what the test reads through an `Arc`. On one loop it is a plain `Server`.
+pub fn each_loop<F, H>(factory: F) -> EachLoop<F>
+where
+    F: FnMut(usize) -> H + Send + 'static,
+{
+    EachLoop(factory)
+}
+
+/// Runs the server on `test_loops()` loops, each with a clone of `handler` (so state kept
+/// behind an `Arc` is shared by the loops, and the test reads it as on one loop).
+pub fn clone_per_loop<H>(handler: H) -> EachLoop<impl FnMut(usize) -> H + Send + 'static>
+where
+    H: Clone + Send + 'static,
+{
+    each_loop(move |_| handler.clone())
+}
+
+impl<F, H> Handlers for EachLoop<F>
+where
+    F: FnMut(usize) -> H + Send + 'static,
+    H: Handler + Send + 'static,
+{
+    type Handler = H;
+    fn make(mut self) -> Vec<H> {
+        (0..test_loops()).map(&mut self.0).collect()
+    }
+}
+
+/// A server running on its own thread (or threads), bound to 127.0.0.1 on a free port.
 pub struct TestServer<H> {
     pub addr: SocketAddr,
     pub handle: Handle,
-    thread: Option<JoinHandle<(H, std::io::Result<()>)>>,
+    /// How many loops it runs (1 unless started with [`each_loop`] and `WSHUB_TEST_LOOPS`).
+    pub loops: usize,
+    thread: Option<JoinHandle<(Vec<H>, std::io::Result<()>)>>,
 }
 
-pub fn start<H>(config: Config, handler: H) -> TestServer<H>
+/// Starts a server: `handlers` is one handler (one loop) or [`each_loop`] (as many loops
+/// as `WSHUB_TEST_LOOPS` says).
+pub fn start<S: Handlers>(config: Config, handlers: S) -> TestServer<S::Handler>
 where
-    H: Handler + Send + 'static,
-    H::Data: Send + 'static,
+    <S::Handler as Handler>::Data: Send + 'static,
 {
     let (tx, rx) = mpsc::channel();
     let thread = std::thread::spawn(move || {
-        let mut server = Server::bind("127.0.0.1:0", config, handler).expect("bind");
-        tx.send((server.local_addr().expect("addr"), server.handle()))
-            .expect("report addr");
-        let result = server.run();
-        // Hand the handler back so tests can inspect what it recorded.
-        (server.into_handler(), result)
+        let mut handlers = handlers.make();
+        let loops = handlers.len();
+        if loops == 1 {
+            let handler = handlers.pop().expect("one handler");
+            let mut server = Server::bind("127.0.0.1:0", config, handler).expect("bind");
+            tx.send((server.local_addr().expect("addr"), server.handle(), loops))
+                .expect("report addr");
+            let result = server.run();
+            // Hand the handler back so tests can inspect what it recorded.
+            (vec![server.into_handler()], result)
+        } else {
+            let mut handlers = handlers.into_iter();
+            let cluster = Cluster::bind("127.0.0.1:0", config, loops, |_| {
+                handlers.next().expect("a handler per loop")
+            })
+            .expect("bind");
+            tx.send((cluster.local_addr().expect("addr"), cluster.handle(), loops))
+                .expect("report addr");
+            match cluster.run() {
+                Ok(handlers) => (handlers, Ok(())),
+                Err(e) => (Vec::new(), Err(e)),
+            }
+        }
     });
-    let (addr, handle) = rx.recv_timeout(IO_TIMEOUT).expect("server did not start");
+    let (addr, handle, loops) = rx.recv_timeout(IO_TIMEOUT).expect("server did not start");
     TestServer {
         addr,
         handle,
+        loops,
         thread: Some(thread),
     }
 }
@@ -55,14 +147,30 @@ impl<H> TestServer<H> {
         format!("ws://{}{}", self.addr, path)
     }
 
-    /// Graceful shutdown; returns the handler and `run()`'s result.
-    pub fn stop(mut self) -> (H, std::io::Result<()>) {
+    /// Fails unless every loop accepted some upgrade: for tests with enough clients that
+    /// the kernel's spread must have reached every loop (200 clients on 2 loops all on one:
+    /// odds of 2^-199), so that a run on several loops exercises crossing them.
+    pub fn assert_every_loop_accepted(&self) {
+        let per_loop = self.handle.loop_stats();
+        assert!(
+            per_loop.iter().all(|s| s.handshakes_accepted > 0),
+            "upgrades per loop: {:?}",
+            per_loop
+                .iter()
+                .map(|s| s.handshakes_accepted)
+                .collect::<Vec<_>>()
+        );
+    }
+
+    /// Graceful shutdown; returns the handlers in loop order (none if `run()` failed on
+    /// several loops) and `run()`'s result.
+    pub fn stop(mut self) -> (Vec<H>, std::io::Result<()>) {
         let _ = self.handle.shutdown();
         self.join()
     }
 
     /// Waits for `run()` to return (after a shutdown requested elsewhere).
-    pub fn join(&mut self) -> (H, std::io::Result<()>) {
+    pub fn join(&mut self) -> (Vec<H>, std::io::Result<()>) {
         let thread = self.thread.take().expect("joined twice");
         let deadline = Instant::now() + Duration::from_secs(30);
         while !thread.is_finished() {

@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 
 use wshub::{CloseInfo, ConnId, Ctx, Frame, Handler, Message, Reply, Request};
 
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct Scripted {
     ids: HashMap<u32, ConnId>,
     /// Per closed client: how many topics `Ctx::topics` still listed in `on_close`.
