@@ -71,6 +71,7 @@ fn welcome_then_lobby_state() {
             "token": welcome["token"],
             "rooms": [],
             "instance": instance,
+            "loop": 0,
             "limits": { "history": 50, "text_chars": 1000, "name_chars": 32,
                         "rooms_per_user": 10, "burst": 20.0, "per_second": 5.0 },
         })
