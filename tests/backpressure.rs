@@ -283,7 +283,7 @@ fn a_slow_consumer_is_closed_while_199_others_get_all_20000_broadcasts_in_order(
     } = fanout_with_slow_consumer(config, FAST, N, 128);
     let took = started.elapsed();
 
-    let stats = server.handle.stats();
+    let stats = settled_stats(&server.handle);
     assert_eq!(stats.slow_consumer_closes, 1, "{stats:?}");
     assert_eq!(stats.dropped_messages, 0, "{stats:?}");
     assert_eq!(stats.messages_in, N, "{stats:?}");
@@ -373,7 +373,7 @@ fn drop_message_skips_only_the_slow_consumer_and_counts_what_it_missed() {
         mut fast,
     } = fanout_with_slow_consumer(config, FAST, N, 128);
 
-    let stats = server.handle.stats();
+    let stats = settled_stats(&server.handle);
     assert_eq!(stats.slow_consumer_closes, 0, "{stats:?}");
     assert!(stats.peak_queued_bytes <= LIMIT + FRAME_WIRE, "{stats:?}");
 
@@ -583,6 +583,22 @@ impl Handler for Echo {
 }
 
 /// Round trips through a well-behaved client while another floods; returns the slowest.
+/// The server's counters once they stop changing: each loop publishes its own at the end
+/// of its turn, so a read right after the clients got their frames may miss that turn's
+/// (seen on 2 loops).
+fn settled_stats(handle: &wshub::Handle) -> wshub::Stats {
+    let mut last = handle.stats();
+    for _ in 0..100 {
+        thread::sleep(Duration::from_millis(50));
+        let now = handle.stats();
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+    panic!("the counters never settled: {last:?}");
+}
+
 fn echo_round_trips(url: &str, count: usize) -> RoundTrips {
     let mut ws = connect(url);
     set_timeouts(&ws, Duration::from_secs(4));
