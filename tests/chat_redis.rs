@@ -270,6 +270,22 @@ fn a_dm_reaches_the_users_tabs_on_two_nodes() {
         json!({ "type": "presence", "from": ann, "event": "leave", "room": "lobby" })
     );
     assert_eq!(bob.recv_within(QUIET), None);
+    // Gone from every node, though her name stays hers for up to `presence_ttl`: a DM to
+    // her is refused at once, not sent to nobody. On a node that never had her: nobody by
+    // that name or id; on node a, which had her, by id: she is offline. (Within `TTL` of
+    // her leave: her name is still in Redis.)
+    for to in [json!("ann"), ann["id"].clone()] {
+        bob.expect_error(
+            json!({ "type": "dm", "to": to, "text": "?" }),
+            "unknown_user",
+        );
+    }
+    let mut cleo = C::new(&nodes[0], "cleo");
+    cleo.increasing_seq = false;
+    cleo.expect_error(
+        json!({ "type": "dm", "to": ann["id"], "text": "?" }),
+        "user_offline",
+    );
 }
 
 #[test]

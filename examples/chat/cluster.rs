@@ -24,7 +24,8 @@ use redis::{Client, Connection, RedisResult};
 use serde_json::Value;
 
 use self::keys::{
-    CLAIM, GONE_TTL, RELEASE, claim, history_key, members_key, ms, name_key, session, split,
+    CLAIM, FIND, GONE_TTL, RELEASE, claim, history_key, members_key, ms, name_key, present_key,
+    session, split,
 };
 use super::rules::now_ms;
 
@@ -256,21 +257,43 @@ impl Redis {
 
     /// Takes `name` for user `id` for `ttl` (or keeps it: the same user). `Some(false)`: another
     /// user holds it.
+    /// Also marks the user present on this node (see `went_offline`).
     pub(super) fn claim_name(&mut self, id: &str, name: &str, ttl: Duration) -> Option<bool> {
+        let node = self.node.clone();
         self.run("claim a name", |c| {
-            claim(&mut redis::pipe(), None, id, name, ttl).query::<(i64,)>(c)
+            claim(&mut redis::pipe(), None, id, name, ttl, &node).query::<(i64,)>(c)
         })
         .map(|(n,)| n == 1)
     }
 
-    /// Frees `name` if user `id` holds it.
+    /// Frees `name` if user `id` holds it (and the user is not present on this node).
     pub(super) fn release_name(&mut self, id: &str, name: &str) {
+        let node = self.node.clone();
         self.run("release a name", |c| {
-            redis::cmd("EVAL")
+            redis::pipe()
+                .cmd("EVAL")
                 .arg(RELEASE)
                 .arg(1)
                 .arg(name_key(name))
                 .arg(id)
+                .ignore()
+                .cmd("ZREM")
+                .arg(present_key(id))
+                .arg(&node)
+                .ignore()
+                .query::<()>(c)
+        });
+    }
+
+    /// The user's last tab on this node is gone (after its grace period): it is no longer
+    /// present here for `find_user` on other nodes. Its name is kept (it lapses within
+    /// `presence_ttl` unless another node where the user has tabs renews it).
+    pub(super) fn went_offline(&mut self, id: &str) {
+        let node = self.node.clone();
+        self.run("go offline", |c| {
+            redis::cmd("ZREM")
+                .arg(present_key(id))
+                .arg(&node)
                 .query::<i64>(c)
         });
     }
@@ -311,25 +334,29 @@ impl Redis {
                 .arg(name_key(name))
                 .arg(id)
                 .ignore()
+                .cmd("DEL")
+                .arg(present_key(id))
+                .ignore()
                 .query::<()>(c)
         });
     }
 
-    /// A present user by id or name, on any node: `(id, name)`, or `Some(None)` if none.
+    /// A user by id or name with tabs on another node: `(id, name)`, or `Some(None)` if
+    /// none (this node's own users are the caller's to know).
     pub(super) fn find_user(&mut self, who: &str) -> Option<Option<(String, String)>> {
+        let node = self.node.clone();
         self.run("find a user", |c| {
-            redis::pipe()
-                .cmd("GET")
+            redis::cmd("EVAL")
+                .arg(FIND)
+                .arg(2)
                 .arg(format!("chat:user:{who}"))
-                .cmd("GET")
                 .arg(name_key(who))
-                .query::<(Option<String>, Option<String>)>(c)
+                .arg(who)
+                .arg(now_ms())
+                .arg(&node)
+                .query::<Option<String>>(c)
         })
-        .map(|(by_id, by_name)| match (by_id, by_name) {
-            (Some(name), _) => Some((who.to_owned(), name)),
-            (None, Some(v)) => split(&v),
-            (None, None) => None,
-        })
+        .map(|v| v.as_deref().and_then(split))
     }
 
     /// Hands a room message to the writer thread (never waits).
@@ -383,7 +410,7 @@ impl Redis {
             for u in users {
                 // A name another user took meanwhile (it expired while Redis was away) stays
                 // theirs: the claim fails, and this user keeps it on this node only.
-                claim(&mut p, sha.as_deref(), u.id, u.name, ttl).ignore();
+                claim(&mut p, sha.as_deref(), u.id, u.name, ttl, &node).ignore();
                 if sessions {
                     session(&mut p, u.token, u.id, u.name, session_ttl).ignore();
                 }

@@ -72,6 +72,9 @@ impl Redis {
     pub(super) fn release_name(&mut self, _: &str, _: &str) {
         match *self {}
     }
+    pub(super) fn went_offline(&mut self, _: &str) {
+        match *self {}
+    }
     pub(super) fn find_session(&mut self, _: &str) -> Option<Option<(String, String)>> {
         match *self {}
     }

@@ -5,6 +5,7 @@
 //! | --- | --- | --- |
 //! | `chat:name:LOWER` | `ID\tNAME`: who holds a name | `presence_ttl`, refreshed |
 //! | `chat:user:ID` | the user's name (a DM by id from another node) | `presence_ttl`, refreshed |
+//! | `chat:present:ID` | sorted set of the nodes the user has tabs on, score = expiry (ms) | `presence_ttl`, refreshed |
 //! | `chat:session:TOKEN` | `ID\tNAME`: a tab with the token on any node is that user | `session_ttl` |
 //! | `chat:gone:ID` | the user signed out: its tabs on other nodes close | 60 s |
 //! | `chat:members:ROOM` | sorted set of `ID\tNAME\tNODE`, score = expiry (ms) | refreshed |
@@ -17,20 +18,46 @@
 
 use std::time::Duration;
 
+use super::super::rules::now_ms;
+
 /// How long a sign-out is remembered for the user's tabs on other nodes.
 pub(super) const GONE_TTL: Duration = Duration::from_secs(60);
 
 /// Takes a name for a user: free, or already this user's (its id before the tab), and
-/// (re)sets its TTL. 1 if taken now, 0 if another user holds it, or if this user signed out
-/// (a node's refresh racing the sign-out on another node must not take the name back).
+/// (re)sets its TTL, and marks the user present on this node (ARGV[6]) until ARGV[5]. 1 if
+/// taken now, 0 if another user holds it, or if this user signed out (a node's refresh
+/// racing the sign-out on another node must not take the name back).
 pub(super) const CLAIM: &str = "if redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
 local v = redis.call('GET', KEYS[1])
 if v == false or string.sub(v, 1, #ARGV[3] + 1) == ARGV[3] .. '\t' then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
   redis.call('SET', KEYS[2], ARGV[4], 'PX', ARGV[2])
+  redis.call('ZADD', KEYS[4], ARGV[5], ARGV[6])
+  redis.call('PEXPIRE', KEYS[4], ARGV[2])
   return 1
 end
 return 0";
+
+/// A user by id (KEYS[1], `chat:user:ID`) or by name (KEYS[2], `chat:name:LOWER`) who is
+/// present on another node than ARGV[3] (an unexpired entry, score >= ARGV[2], in its
+/// `chat:present:ID`): `ID\tNAME`, or false. The name and `chat:user:ID` outlive the user's
+/// last tab by up to `presence_ttl` (the node that saw it go cannot know of tabs elsewhere),
+/// so they alone do not say the user is there. (`chat:present:ID` is known only once the id
+/// is: the script builds it, fine on a single Redis.)
+pub(super) const FIND: &str = "local id, name
+local n = redis.call('GET', KEYS[1])
+if n then
+  id, name = ARGV[1], n
+else
+  local v = redis.call('GET', KEYS[2])
+  if not v then return false end
+  id, name = string.match(v, '^([^\t]*)\t(.*)$')
+  if not id then return false end
+end
+for _, node in ipairs(redis.call('ZRANGEBYSCORE', 'chat:present:' .. id, ARGV[2], '+inf')) do
+  if node ~= ARGV[3] then return id .. '\t' .. name end
+end
+return false";
 
 /// Frees a name if this user still holds it.
 pub(super) const RELEASE: &str = "local v = redis.call('GET', KEYS[1])
@@ -79,19 +106,28 @@ pub(super) fn claim<'p>(
     id: &str,
     name: &str,
     ttl: Duration,
+    node: &str,
 ) -> &'p mut redis::Pipeline {
     match sha {
         Some(sha) => p.cmd("EVALSHA").arg(sha),
         None => p.cmd("EVAL").arg(CLAIM),
     }
-    .arg(3)
+    .arg(4)
     .arg(name_key(name))
     .arg(format!("chat:user:{id}"))
     .arg(format!("chat:gone:{id}"))
+    .arg(present_key(id))
     .arg(member(id, name))
     .arg(ms(ttl))
     .arg(id)
     .arg(name)
+    .arg(now_ms() + ms(ttl))
+    .arg(node)
+}
+
+/// The nodes a user has tabs on (see `CLAIM`, `FIND`).
+pub(super) fn present_key(id: &str) -> String {
+    format!("chat:present:{id}")
 }
 
 pub(super) fn session<'p>(

@@ -519,10 +519,16 @@ impl State {
     }
 
     fn go_offline(&mut self, ctx: &mut Ctx<'_, Conn>, key: u64) {
-        let rooms: Vec<String> = match self.users.get(&key) {
-            Some(u) => u.rooms.iter().cloned().collect(),
+        let (rooms, id): (Vec<String>, String) = match self.users.get(&key) {
+            Some(u) => (u.rooms.iter().cloned().collect(), u.id.clone()),
             None => return,
         };
+        // With Redis, first (before anyone hears it leave): it is no longer present on this
+        // node, so a DM to it from any node is refused at once (`find_user`), rather than
+        // sent to nobody until its name lapses.
+        if let Some(redis) = self.cluster.as_mut() {
+            redis.went_offline(&id);
+        }
         for room in rooms {
             self.remove_member(ctx, key, &room);
         }
@@ -537,7 +543,8 @@ impl State {
         }
         // With Redis the name is not released here: the user may still be present from
         // another node (a tab there), whose refresh keeps it; if not, it lapses within
-        // `presence_ttl`. (A sign-out releases it at once.)
+        // `presence_ttl`. (A sign-out releases it at once.) Only this node's mark of its
+        // presence went, above.
         self.release_addr(addr);
         self.offline.push_back((key, now));
     }
