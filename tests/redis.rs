@@ -387,6 +387,20 @@ impl Peer {
     }
 }
 
+/// Two nodes on `redis`, and a client on each subscribed to `ROOM`, once Redis has both
+/// subscriptions.
+fn two_nodes_in_a_room(redis: &Redis) -> (TestNode, TestNode, Peer, Peer) {
+    let a = node(broker(&redis.url()));
+    let b = node(broker(&redis.url()));
+    wait_connected(&[&a, &b]);
+    let mut a1 = a.client();
+    let mut b1 = b.client();
+    a1.sub(ROOM);
+    b1.sub(ROOM);
+    wait_numsub(redis, ROOM_CHANNEL, 2);
+    (a, b, a1, b1)
+}
+
 /// Nothing more arrives at any of `peers` for `QUIET` (one wait for all: what was on its
 /// way is in their sockets by then).
 fn quiet_all(peers: &mut [(&str, &mut Peer)]) {
@@ -816,14 +830,7 @@ fn a_cluster_node_and_a_plain_node_exchange_messages_once_per_loop() {
 #[test]
 fn handle_publish_crosses_nodes_and_handle_deliver_does_not() {
     let redis = Redis::start();
-    let a = node(broker(&redis.url()));
-    let b = node(broker(&redis.url()));
-    wait_connected(&[&a, &b]);
-    let mut a1 = a.client();
-    let mut b1 = b.client();
-    a1.sub(ROOM);
-    b1.sub(ROOM);
-    wait_numsub(&redis, ROOM_CHANNEL, 2);
+    let (a, b, mut a1, mut b1) = two_nodes_in_a_room(&redis);
 
     let texts = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     // From A's handle: publish, deliver, publish, broadcast.
@@ -980,14 +987,7 @@ fn redis_killed_and_restarted_local_delivery_goes_on_and_cross_node_delivery_res
 fn the_first_frame_after_redis_is_back_crosses_even_from_a_node_silent_meanwhile() {
     let mut redis = Redis::start();
     let port = redis.port;
-    let a = node(broker(&redis.url()));
-    let b = node(broker(&redis.url()));
-    wait_connected(&[&a, &b]);
-    let mut a1 = a.client();
-    let mut b1 = b.client();
-    a1.sub(ROOM);
-    b1.sub(ROOM);
-    wait_numsub(&redis, ROOM_CHANNEL, 2);
+    let (a, b, mut a1, mut b1) = two_nodes_in_a_room(&redis);
     a1.publish(ROOM, "before");
     b1.expect("b1", &["before".to_owned()]);
 
@@ -1372,14 +1372,7 @@ fn a_stopped_node_closes_its_redis_connections() {
 #[test]
 fn a_redis_busy_for_a_few_hundred_milliseconds_is_not_a_lost_connection() {
     let redis = Redis::start();
-    let a = node(broker(&redis.url()));
-    let b = node(broker(&redis.url()));
-    wait_connected(&[&a, &b]);
-    let mut a1 = a.client();
-    let mut b1 = b.client();
-    a1.sub(ROOM);
-    b1.sub(ROOM);
-    wait_numsub(&redis, ROOM_CHANNEL, 2);
+    let (a, b, mut a1, mut b1) = two_nodes_in_a_room(&redis);
 
     // A script that keeps Redis busy for some 300 ms (20 million Lua steps).
     let port = redis.port;
