@@ -52,6 +52,10 @@ impl Target for Node {
     fn addr(&self) -> SocketAddr {
         self.addr
     }
+
+    fn one_seq_counter(&self) -> bool {
+        false
+    }
 }
 
 impl Drop for Node {
@@ -140,10 +144,7 @@ fn subscribed(redis: &Redis, topic: &str, n: usize) {
 /// included) are subscribed to the lobby in Redis: from then on, what the lobby hears
 /// reaches it from every node.
 fn user(node: &impl Target, redis: &Redis, name: &str, lobby_nodes: usize) -> C {
-    let mut c = C::new(node, name);
-    // Each node stamps its own `seq`s: one from another node may arrive after a later
-    // local one (seen under load in the Redis restart test).
-    c.increasing_seq = false;
+    let c = C::new(node, name);
     subscribed(redis, "room:lobby", lobby_nodes);
     c
 }
@@ -179,12 +180,8 @@ fn rooms_span_three_nodes_complete_and_in_order() {
     let state = cy.join("lobby");
     assert_eq!(state["members"], json!([ann.me(), bob.me(), cy.me()]));
 
-    // 30 messages from each of two nodes: everyone gets every one, in each sender's order.
-    // (Said at the same moment on two nodes, their `seq`s may arrive out of order: each
-    // node stamps its own.)
-    for c in [&mut ann, &mut bob, &mut cy] {
-        c.increasing_seq = false;
-    }
+    // 30 messages from each of two nodes: everyone gets every one, in each sender's order
+    // (not in `seq` order: each node stamps its own, see `one_seq_counter`).
     for i in 0..30 {
         ann.say("lobby", &format!("a{i}"));
         bob.say("lobby", &format!("b{i}"));
@@ -281,7 +278,6 @@ fn a_dm_reaches_the_users_tabs_on_two_nodes() {
         );
     }
     let mut cleo = C::new(&nodes[0], "cleo");
-    cleo.increasing_seq = false;
     cleo.expect_error(
         json!({ "type": "dm", "to": ann["id"], "text": "?" }),
         "user_offline",
@@ -495,6 +491,10 @@ impl Drop for NodeProcess {
 impl Target for NodeProcess {
     fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    fn one_seq_counter(&self) -> bool {
+        false
     }
 }
 

@@ -17,6 +17,13 @@ pub trait Target {
     fn url(&self, path: &str) -> String {
         format!("ws://{}{}", self.addr(), path)
     }
+
+    /// Whether one counter stamps every `seq` a client of this server gets, so they must
+    /// increase. Not so for a node of a Redis cluster: each node stamps its own, and one
+    /// from another node may arrive after a later local one.
+    fn one_seq_counter(&self) -> bool {
+        true
+    }
 }
 
 impl<H> Target for TestServer<H> {
@@ -35,7 +42,7 @@ pub struct C {
     /// Whether each message must have a higher `seq` than the last (true, the default).
     /// Across nodes of a cluster, two messages sent at the same moment on different nodes
     /// may arrive in the other order than their `seq`s (each node stamps its own).
-    pub increasing_seq: bool,
+    increasing_seq: bool,
 }
 
 pub fn now_ms() -> u64 {
@@ -64,7 +71,9 @@ impl C {
     /// Connects to `/ws?QUERY` and expects either a welcome (→ Ok) or an error (→ Err
     /// with the error and the close code).
     pub fn try_connect(server: &impl Target, query: &str) -> Result<C, (Value, u16)> {
-        C::welcomed(connect(&server.url(&format!("/ws?{query}"))))
+        let mut c = C::welcomed(connect(&server.url(&format!("/ws?{query}"))))?;
+        c.increasing_seq = server.one_seq_counter();
+        Ok(c)
     }
 
     /// The client of a socket just opened: a welcome (→ Ok) or an error (→ Err with the
